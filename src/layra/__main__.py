@@ -1,0 +1,3 @@
+from layra.cli import main
+
+raise SystemExit(main())

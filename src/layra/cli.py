@@ -1,0 +1,87 @@
+"""The ``layra`` command line: a thin layer over the library.
+
+Each subcommand lives in ``layra/commands/<name>.py`` and exposes
+``register(subparsers)``; its handler parses, validates and calls one library
+function. ``main(argv)`` is callable from tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from layra import __version__
+from layra.errors import LayraError
+
+# Order here is the order in `layra --help`.
+COMMANDS = ("train", "vector", "eval", "report", "corpus", "demo", "lens", "diagnose", "sweep")
+
+EPILOG = """examples:
+  layra train --config configs/gemma3-270m-layra-gl.yaml train.max_steps=20
+  layra vector extract runs/gl-layra --out vectors/gl
+  layra vector apply base-model vectors/gl:1.0 --out models/gl
+  layra eval bpb models/gl --text glg=heldout/gl.txt --text eng=heldout/en.txt
+  layra demo
+
+Run `layra <command> --help` for each command's options and an example.
+Set LAYRA_DEBUG=1 to see full tracebacks."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="layra",
+        description="Add languages to a pretrained causal LM without forgetting the old ones.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"layra {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"layra.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"layra.commands.{name}":
+                continue  # command not built yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit status (0 ok, 2 user error, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        result = args.func(args)
+        return int(result or 0)
+    except LayraError as e:
+        print(f"layra: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("layra: interrupted; finished outputs are kept", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug or an unforeseen environment problem
+        if os.environ.get("LAYRA_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()
+        print(
+            f"layra: error: {type(e).__name__}: {msg[0] if msg else ''} (LAYRA_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def subparser(sub, name: str, help: str, example: str, description: str | None = None):
+    """Add a subcommand whose --help ends with a working example."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )

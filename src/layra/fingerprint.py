@@ -1,0 +1,93 @@
+"""Model fingerprints: "same weights" versus "same architecture and tokenizer".
+
+Series and single-stage arithmetic need a vector applied to the very weights it
+was trained from; LayRA-instruct only needs the same architecture and tokenizer
+(the instruct sibling). Two hashes tell these apart:
+
+* ``arch``: model type, every shape-determining config field, tensor names and
+  shapes, and the tokenizer's vocabulary.
+* ``weights``: ``arch`` plus a strided sample of every tensor's values (cast to
+  float32, so bf16 and fp32 copies of the same bf16 weights agree). Sampling
+  keeps it fast on 16 GB models; a fine-tune changes far more than the sampled
+  elements miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+_SAMPLES = 1024
+_ARCH_FIELDS = (
+    "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+    "num_attention_heads", "num_key_value_heads", "head_dim", "tie_word_embeddings",
+)
+
+
+def is_weight_name(name: str) -> bool:
+    """Tensors that count in fingerprints: parameters, not buffers."""
+    return name.endswith(("weight", "bias"))
+
+
+def _sample(t: torch.Tensor) -> bytes:
+    flat = t.detach().reshape(-1)
+    n = flat.numel()
+    if n > _SAMPLES:
+        idx = torch.linspace(0, n - 1, _SAMPLES).round().long()
+        flat = flat[idx]
+    return flat.to(torch.float32).cpu().numpy().tobytes()
+
+
+def config_summary(config: Any) -> dict[str, Any]:
+    cfg = getattr(config, "text_config", None) or config
+    d = cfg if isinstance(cfg, dict) else cfg.to_dict()
+    return {k: d.get(k) for k in _ARCH_FIELDS}
+
+
+def tokenizer_hash(tokenizer: Any) -> str | None:
+    if tokenizer is None:
+        return None
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def fingerprint(
+    tensors: Iterable[tuple[str, torch.Tensor]], config: Any, tokenizer: Any = None
+) -> dict[str, str]:
+    """``{"arch": ..., "weights": ...}`` for named tensors (tied ones once).
+
+    ``tensors`` may come from a live model (``unique_named_parameters``) or be
+    streamed from safetensors files: the result is the same for the same
+    weights. Names are taken as given; tied duplicates must be left out by the
+    caller (save_pretrained leaves them out of files already).
+    """
+    arch_h = hashlib.sha256()
+    weights_h = hashlib.sha256()
+    arch_h.update(json.dumps(config_summary(config), sort_keys=True).encode())
+    arch_h.update((tokenizer_hash(tokenizer) or "").encode())
+    items = sorted((n, t) for n, t in tensors if is_weight_name(n))
+    for name, t in items:
+        meta = f"{name}:{tuple(t.shape)}".encode()
+        arch_h.update(meta)
+        weights_h.update(meta)
+        weights_h.update(_sample(t))
+    arch = arch_h.hexdigest()[:16]
+    weights_h.update(arch.encode())
+    return {"arch": arch, "weights": weights_h.hexdigest()[:16]}
+
+
+def model_fingerprint(model: torch.nn.Module, tokenizer: Any = None) -> dict[str, str]:
+    """Fingerprint of a live (possibly PEFT-wrapped) model's base weights."""
+    from layra.arch import unique_named_parameters, unwrap
+
+    hf = unwrap(model)
+    named = []
+    for name, p in unique_named_parameters(hf):
+        if "lora_" in name or "modules_to_save" in name:
+            continue  # adapter weights, not the base model's
+        named.append((name.replace(".base_layer.", ".").replace(".original_module.", "."), p))
+    return fingerprint(named, hf.config, tokenizer)

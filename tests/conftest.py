@@ -1,0 +1,28 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tok():
+    return tiny.make_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory):
+    """One saved tiny model (with tokenizer) per architecture, built once per session."""
+    root = tmp_path_factory.mktemp("models")
+    return {a: tiny.save_model(root / a, a) for a in tiny.ARCHS}
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    for lang in tiny.TEXT:
+        tiny.write_corpus(root / f"{lang}.txt", lang)
+    return root
