@@ -40,11 +40,21 @@ def make_tokenizer(vocab_size: int = 300):
     )
     tk.train_from_iterator(list(TEXT.values()) * 4, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+        tokenizer_object=tk,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
     )
 
 
-def make_model(arch: str = "llama", vocab_size: int = 300, layers: int = 4, tied: bool | None = None, seed: int = 0):
+def make_model(
+    arch: str = "llama",
+    vocab_size: int = 300,
+    layers: int = 4,
+    tied: bool | None = None,
+    seed: int = 0,
+):
     """A tiny random causal LM of the given architecture (hidden 32)."""
     from transformers import (
         AutoModelForCausalLM,
@@ -55,11 +65,23 @@ def make_model(arch: str = "llama", vocab_size: int = 300, layers: int = 4, tied
     )
 
     common = dict(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
-    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig, "gemma3_text": Gemma3TextConfig}[arch]
+    cls = {
+        "llama": LlamaConfig,
+        "qwen2": Qwen2Config,
+        "mistral": MistralConfig,
+        "gemma3_text": Gemma3TextConfig,
+    }[arch]
     if arch == "gemma3_text":
         common.update(head_dim=8, sliding_window=64)
     default_tied = arch in ("qwen2", "gemma3_text")

@@ -105,7 +105,9 @@ def describe(model: nn.Module) -> Arch:
     norm_name = _module_name(hf, norm) if norm is not None else ""
     targets = LORA_TARGETS.get(model_type)
     if targets is None:
-        present = {n.split(".")[-1] for n, m in layers[0].named_modules() if isinstance(m, nn.Linear)}
+        present = {
+            n.split(".")[-1] for n, m in layers[0].named_modules() if isinstance(m, nn.Linear)
+        }
         targets = tuple(t for t in _LLAMA_LIKE_LINEARS if t in present) or tuple(sorted(present))
     scale = 1.0
     if model_type.startswith("gemma"):

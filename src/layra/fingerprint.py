@@ -16,15 +16,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
 _SAMPLES = 1024
 _ARCH_FIELDS = (
-    "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-    "num_attention_heads", "num_key_value_heads", "head_dim", "tie_word_embeddings",
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "tie_word_embeddings",
 )
 
 
@@ -33,11 +40,17 @@ def is_weight_name(name: str) -> bool:
     return name.endswith(("weight", "bias"))
 
 
+def sample_positions(numel: int) -> torch.Tensor | None:
+    """Flat indices of the elements a fingerprint samples (None: all of them)."""
+    if numel > _SAMPLES:
+        return torch.linspace(0, numel - 1, _SAMPLES).round().long()
+    return None
+
+
 def _sample(t: torch.Tensor) -> bytes:
     flat = t.detach().reshape(-1)
-    n = flat.numel()
-    if n > _SAMPLES:
-        idx = torch.linspace(0, n - 1, _SAMPLES).round().long()
+    idx = sample_positions(flat.numel())
+    if idx is not None:
         flat = flat[idx]
     return flat.to(torch.float32).cpu().numpy().tobytes()
 
@@ -65,16 +78,31 @@ def fingerprint(
     weights. Names are taken as given; tied duplicates must be left out by the
     caller (save_pretrained leaves them out of files already).
     """
+    items = ((n, tuple(t.shape), lambda t=t: _sample(t)) for n, t in tensors)
+    return fingerprint_sampled(items, config, tokenizer)
+
+
+def fingerprint_sampled(
+    items: Iterable[tuple[str, tuple[int, ...], Callable[[], bytes]]],
+    config: Any,
+    tokenizer: Any = None,
+) -> dict[str, str]:
+    """:func:`fingerprint` from ``(name, shape, sampler)`` triples.
+
+    ``sampler()`` returns the float32 bytes of the elements at
+    :func:`sample_positions` — so a caller streaming from files can read just
+    those elements instead of whole tensors. Same result as :func:`fingerprint`.
+    """
     arch_h = hashlib.sha256()
     weights_h = hashlib.sha256()
     arch_h.update(json.dumps(config_summary(config), sort_keys=True).encode())
     arch_h.update((tokenizer_hash(tokenizer) or "").encode())
-    items = sorted((n, t) for n, t in tensors if is_weight_name(n))
-    for name, t in items:
-        meta = f"{name}:{tuple(t.shape)}".encode()
+    chosen = sorted(((n, s, f) for n, s, f in items if is_weight_name(n)), key=lambda x: x[0])
+    for name, shape, sampler in chosen:
+        meta = f"{name}:{tuple(shape)}".encode()
         arch_h.update(meta)
         weights_h.update(meta)
-        weights_h.update(_sample(t))
+        weights_h.update(sampler())
     arch = arch_h.hexdigest()[:16]
     weights_h.update(arch.encode())
     return {"arch": arch, "weights": weights_h.hexdigest()[:16]}

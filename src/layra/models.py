@@ -1,7 +1,7 @@
 """Load a causal LM and its tokenizer from a local directory, a hub id or a GGUF file.
 
-    model, tok = load_model("path/to/hf-dir")
-    model, tok = load_model("/cache/gemma-3-270m-q4_k_m.gguf")   # dequantised
+model, tok = load_model("path/to/hf-dir")
+model, tok = load_model("/cache/gemma-3-270m-q4_k_m.gguf")   # dequantised
 """
 
 from __future__ import annotations
@@ -15,8 +15,14 @@ from torch import nn
 from layra.atomic import atomic_dir
 from layra.errors import LayraError
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -78,13 +84,17 @@ def strip_quantizer(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_tokenizer(name_or_path: str, gguf_file: str | None = None, trust_remote_code: bool = False):
+def load_tokenizer(
+    name_or_path: str, gguf_file: str | None = None, trust_remote_code: bool = False
+):
     """The tokenizer for a model reference (see :func:`resolve_source`)."""
     from transformers import AutoTokenizer
 
     src, gguf = resolve_source(name_or_path, gguf_file)
     try:
-        tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(
+            src, gguf_file=gguf, trust_remote_code=trust_remote_code
+        )
     except OSError as e:
         raise LayraError(f"cannot load tokenizer from {name_or_path}: {_first_line(e)}") from e
     if tok.pad_token is None:

@@ -1,0 +1,312 @@
+"""Training text: read documents, hold some out, tokenize to a budget, pack into blocks.
+
+    packed = build_dataset(cfg.data, tokenizer, seed=0)
+    packed.blocks        # LongTensor [n_blocks, seq_len], shuffled, every language mixed
+    packed.heldout       # {"glg": ["held-out document", ...]} — never in blocks
+
+Documents: a ``.txt`` file is blank-line separated paragraphs; ``.jsonl`` and
+``.parquet`` rows and hub datasets give one document per row (``field``). Local
+files and hub datasets go through the same ``datasets`` streaming reader, so the
+hub path is exercised by tests on local files.
+
+Held-out rule: a document is held out when the first 8 bytes of sha256(text),
+read as a fraction of 2**64, fall below ``heldout_fraction``. It depends on the
+text alone, so it is the same in every run, order and process, and streaming
+never has to look back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from layra.config import DataConfig, SourceConfig
+from layra.errors import LayraError
+
+_SUFFIX_FORMAT = {
+    ".txt": "txt",
+    ".text": "txt",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+}
+
+
+def source_format(src: SourceConfig) -> str:
+    """The reader for a source: the configured one, or guessed from its path."""
+    if src.format != "auto":
+        return src.format
+    p = Path(src.path).expanduser()
+    if p.is_dir():
+        kinds = {_SUFFIX_FORMAT.get(f.suffix) for f in p.iterdir() if f.is_file()} - {None}
+        if len(kinds) != 1:
+            raise LayraError(
+                f"data source {p}: directory must hold .txt, .jsonl or .parquet files of one kind"
+            )
+        return kinds.pop()
+    if p.exists():
+        fmt = _SUFFIX_FORMAT.get(p.suffix)
+        if fmt is None:
+            raise LayraError(
+                f"data source {p}: unknown file type {p.suffix!r}; use .txt, .jsonl or .parquet"
+            )
+        return fmt
+    if src.path.count("/") == 1 and not src.path.startswith((".", "/", "~")):
+        return "hf"
+    raise LayraError(f"data file {src.path} not found")
+
+
+def _files(src: SourceConfig, fmt: str) -> list[str]:
+    p = Path(src.path).expanduser()
+    suffixes = [s for s, f in _SUFFIX_FORMAT.items() if f == fmt]
+    files = sorted(str(f) for f in p.iterdir() if f.suffix in suffixes) if p.is_dir() else [str(p)]
+    if not files:
+        raise LayraError(f"data source {p} has no {fmt} files")
+    return files
+
+
+def _read_txt(path: str) -> Iterator[str]:
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise LayraError(
+            f"{path}: not valid UTF-8 (byte {e.start}); convert it to UTF-8 first"
+        ) from e
+    for para in text.replace("\r\n", "\n").split("\n\n"):
+        para = para.strip()
+        if para:
+            yield para
+
+
+def iter_documents(src: SourceConfig) -> Iterator[str]:
+    """Every non-empty document of a source, in file order (streamed)."""
+    fmt = source_format(src)
+    if fmt == "txt":
+        for f in _files(src, fmt):
+            yield from _read_txt(f)
+        return
+    import datasets
+
+    try:
+        if fmt == "hf":
+            ds = datasets.load_dataset(src.path, src.config, split=src.split, streaming=True)
+        else:
+            builder = "json" if fmt == "jsonl" else "parquet"
+            ds = datasets.load_dataset(
+                builder, data_files=_files(src, fmt), split="train", streaming=True
+            )
+        for row in ds:
+            if src.field not in row:
+                raise LayraError(
+                    f"data source {src.path}: no field {src.field!r}; fields: {', '.join(row)}"
+                )
+            text = row[src.field]
+            if isinstance(text, str) and text.strip():
+                yield text.strip()
+    except LayraError:
+        raise
+    except (FileNotFoundError, ConnectionError, ValueError, OSError) as e:
+        msg = str(e).strip().splitlines()
+        raise LayraError(
+            f"cannot read data source {src.path}: {msg[0] if msg else type(e).__name__}"
+        ) from e
+    except Exception as e:  # datasets wraps JSON / Arrow errors in its own types
+        if type(e).__module__.startswith(("datasets", "pyarrow")):
+            msg = str(e).strip().splitlines()
+            raise LayraError(
+                f"cannot read data source {src.path}: {msg[0] if msg else type(e).__name__}"
+            ) from e
+        raise
+
+
+def is_heldout(text: str, fraction: float) -> bool:
+    """Whether a document belongs to the held-out slice (see the module docstring)."""
+    if fraction <= 0:
+        return False
+    h = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+    return h / 2**64 < fraction
+
+
+@dataclass
+class LanguageStream:
+    lang: str
+    tokens: list[int] = field(default_factory=list)
+    documents: int = 0
+    heldout: list[str] = field(default_factory=list)
+
+
+def tokenize_language(
+    sources: list[SourceConfig],
+    tokenizer,
+    budget: int | None,
+    heldout_fraction: float,
+    heldout_max_docs: int,
+    batch_docs: int = 256,
+) -> LanguageStream:
+    """Tokenize one language's sources until ``budget`` tokens (documents kept whole).
+
+    Each document becomes the tokenizer's own encoding (with BOS where the model
+    expects it) followed by EOS, so packed blocks have EOS between documents.
+    Reading stops as soon as the budget is met, which keeps hub streaming cheap.
+    """
+    out = LanguageStream(lang=sources[0].lang)
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise LayraError("the tokenizer has no EOS token; packing needs one between documents")
+    pending: list[str] = []
+
+    def flush() -> None:
+        enc = tokenizer(pending, add_special_tokens=True)["input_ids"]
+        for ids in enc:
+            out.tokens.extend(ids)
+            out.tokens.append(eos)
+        out.documents += len(pending)
+        pending.clear()
+
+    for src in sources:
+        for doc in iter_documents(src):
+            if is_heldout(doc, heldout_fraction):
+                if len(out.heldout) < heldout_max_docs:
+                    out.heldout.append(doc)
+                continue
+            pending.append(doc)
+            if len(pending) >= batch_docs:
+                flush()
+                if budget is not None and len(out.tokens) >= budget:
+                    break
+        if budget is not None and len(out.tokens) >= budget:
+            break
+    if pending:
+        flush()
+    if out.documents == 0:
+        names = ", ".join(s.path for s in sources)
+        raise LayraError(f"no training documents for language {out.lang} in {names} (empty file?)")
+    if budget is not None:
+        del out.tokens[budget:]
+    return out
+
+
+@dataclass
+class PackedData:
+    blocks: torch.Tensor  # [n, seq_len] int64
+    block_lang: list[str]  # language of each block (same order)
+    heldout: dict[str, list[str]]
+    stats: dict
+
+
+def language_budgets(
+    cfg: DataConfig, available: dict[str, int] | None = None
+) -> dict[str, int | None]:
+    """Tokens each language may contribute, in order of first appearance."""
+    langs = list(dict.fromkeys(s.lang for s in cfg.sources))
+    total = cfg.max_tokens
+    if cfg.mix == "concat" or total is None:
+        if cfg.mix == "equal" and available is not None and len(langs) > 1:
+            # Equal-token subsampling without a budget: every language cut to the smallest.
+            smallest = min(available.values())
+            return {lang: smallest for lang in langs}
+        return {lang: None for lang in langs}
+    if cfg.mix == "equal":
+        return {lang: total // len(langs) for lang in langs}
+    weights = {lang: sum(s.weight or 0 for s in cfg.sources if s.lang == lang) for lang in langs}
+    wsum = sum(weights.values())
+    return {lang: int(total * w / wsum) for lang, w in weights.items()}
+
+
+def build_dataset(cfg: DataConfig, tokenizer, seed: int = 0, progress: bool = False) -> PackedData:
+    """Read, hold out, tokenize, budget, pack and shuffle every source (see module doc)."""
+    langs = list(dict.fromkeys(s.lang for s in cfg.sources))
+    budgets = language_budgets(cfg)
+    streams: dict[str, LanguageStream] = {}
+    for lang in langs:
+        if progress:
+            print(f"  reading and tokenizing {lang} ...", flush=True)
+        srcs = [s for s in cfg.sources if s.lang == lang]
+        streams[lang] = tokenize_language(
+            srcs, tokenizer, budgets[lang], cfg.heldout_fraction, cfg.heldout_max_docs
+        )
+    if cfg.mix == "equal" and cfg.max_tokens is None and len(langs) > 1:
+        smallest = min(len(s.tokens) for s in streams.values())
+        for s in streams.values():
+            del s.tokens[smallest:]
+    if cfg.mix == "concat" and cfg.max_tokens is not None:
+        remaining = cfg.max_tokens
+        for s in streams.values():
+            del s.tokens[max(remaining, 0) :]
+            remaining -= len(s.tokens)
+    blocks, block_lang = [], []
+    for lang, s in streams.items():
+        n = len(s.tokens) // cfg.seq_len
+        if n:
+            blocks.append(
+                torch.tensor(s.tokens[: n * cfg.seq_len], dtype=torch.long).view(n, cfg.seq_len)
+            )
+            block_lang.extend([lang] * n)
+    if not blocks:
+        sizes = ", ".join(f"{k}: {len(s.tokens)}" for k, s in streams.items())
+        raise LayraError(
+            f"not enough text for one block of data.seq_len={cfg.seq_len} tokens ({sizes})"
+        )
+    data = torch.cat(blocks)
+    if cfg.shuffle:
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(len(data), generator=g)
+        data = data[perm]
+        block_lang = [block_lang[i] for i in perm.tolist()]
+    stats = {
+        "languages": {
+            lang: {
+                "train_tokens": (len(s.tokens) // cfg.seq_len) * cfg.seq_len,
+                "train_documents": s.documents,
+                "heldout_documents": len(s.heldout),
+                "blocks": block_lang.count(lang),
+            }
+            for lang, s in streams.items()
+        },
+        "blocks": len(data),
+        "seq_len": cfg.seq_len,
+        "tokens": int(data.numel()),
+        "sha256": hashlib.sha256(data.numpy().tobytes()).hexdigest(),
+    }
+    return PackedData(data, block_lang, {k: s.heldout for k, s in streams.items()}, stats)
+
+
+def save_packed(packed: PackedData, directory: Path) -> None:
+    """Write blocks (safetensors) and held-out text into a run directory."""
+    from safetensors.torch import save_file
+
+    from layra.atomic import atomic_write_json, atomic_write_text
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / ".data.safetensors.tmp"
+    save_file(
+        {"blocks": packed.blocks.contiguous()},
+        str(tmp),
+        metadata={"block_lang": json.dumps(packed.block_lang)},
+    )
+    tmp.replace(directory / "data.safetensors")
+    for lang, docs in packed.heldout.items():
+        atomic_write_text(
+            directory / "heldout" / f"{lang}.txt", "\n\n".join(docs) + ("\n" if docs else "")
+        )
+    atomic_write_json(directory / "data_stats.json", packed.stats)
+
+
+def load_packed(directory: Path) -> PackedData:
+    from safetensors import safe_open
+
+    with safe_open(str(directory / "data.safetensors"), framework="pt") as f:
+        blocks = f.get_tensor("blocks")
+        block_lang = json.loads(f.metadata()["block_lang"])
+    heldout = {}
+    for p in sorted((directory / "heldout").glob("*.txt")):
+        text = p.read_text(encoding="utf-8").strip()
+        heldout[p.stem] = [d for d in text.split("\n\n") if d] if text else []
+    stats = json.loads((directory / "data_stats.json").read_text())
+    return PackedData(blocks, block_lang, heldout, stats)

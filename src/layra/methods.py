@@ -1,0 +1,208 @@
+"""The four training methods: which parameters train, and how.
+
+| method          | trains                                                                |
+|-----------------|-----------------------------------------------------------------------|
+| full            | every parameter                                                       |
+| layer-selective | first k and last m decoder layers fully, plus embeddings and LM head  |
+| lora            | LoRA on every linear of every decoder layer                           |
+| layra           | LoRA on the first k and last m decoder layers, plus embeddings and head|
+
+    plan = plan_method(cfg.method, depth=18)      # validate without a model
+    model, plan = prepare_model(model, cfg.method)  # freeze / wrap with PEFT
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from layra.arch import describe, unique_named_parameters, unwrap
+from layra.config import METHODS, MethodConfig
+from layra.errors import LayraError
+
+# Paper defaults for k and m (Llama 3.1 8B, 32 layers): layer-selective 1/1, layra 10/2.
+DEFAULT_KM = {"layer-selective": (1, 1), "layra": (10, 2)}
+
+
+@dataclass
+class MethodPlan:
+    method: str
+    depth: int
+    k: int = 0
+    m: int = 0
+    lora_layers: list[int] = field(default_factory=list)
+    full_layers: list[int] = field(default_factory=list)
+    train_embeddings: bool = False
+    k_m_source: str = "config"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _count(v: int | float | str | None, default: int, depth: int, name: str) -> int:
+    if v is None:
+        return default
+    if isinstance(v, float) and not v.is_integer():
+        return max(1, round(v * depth))  # a fraction of depth
+    n = int(v)
+    if n < 0:
+        raise LayraError(f"method.{name} must not be negative, got {n}")
+    return n
+
+
+def resolve_km(cfg: MethodConfig, depth: int) -> tuple[int, int, str]:
+    """Turn k and m (count, fraction, default or auto) into layer counts for ``depth``."""
+    dk, dm = DEFAULT_KM.get(cfg.name, (0, 0))
+    source = "config"
+    k, m = cfg.k, cfg.m
+    if "auto" in (k, m):
+        from layra.lens import suggest_km  # the logit-lens rule (docs/lens.md)
+
+        sk, sm, _why = suggest_km(cfg.lens_profile)
+        k = sk if k == "auto" else k
+        m = sm if m == "auto" else m
+        source = f"lens:{cfg.lens_profile}"
+    elif k is None and m is None and cfg.name in DEFAULT_KM:
+        source = "paper default"
+    if cfg.name in DEFAULT_KM and depth < dk + dm and k is None and m is None:
+        raise LayraError(
+            f"method {cfg.name}: the paper's k={dk}, m={dm} need {dk + dm} layers but the model has "
+            f"{depth}; set method.k and method.m (counts or fractions of depth)"
+        )
+    return _count(k, dk, depth, "k"), _count(m, dm, depth, "m"), source
+
+
+def plan_method(cfg: MethodConfig, depth: int) -> MethodPlan:
+    """Validate a method against a model depth and list what will train. No model needed."""
+    if cfg.name not in METHODS:
+        raise LayraError(f"method.name: {cfg.name!r} is not allowed; allowed: {', '.join(METHODS)}")
+    if cfg.name == "full":
+        return MethodPlan("full", depth, full_layers=list(range(depth)), train_embeddings=True)
+    if cfg.name == "lora":
+        return MethodPlan("lora", depth, lora_layers=list(range(depth)), train_embeddings=False)
+    k, m, source = resolve_km(cfg, depth)
+    if k + m > depth:
+        raise LayraError(
+            f"method {cfg.name}: k={k} first plus m={m} last layers overlap; the model has {depth} layers"
+        )
+    if cfg.name == "layra" and k + m == 0:
+        raise LayraError("method layra: k + m is 0, so no layer gets LoRA; use k >= 1 or m >= 1")
+    layers = list(range(k)) + list(range(depth - m, depth))
+    plan = MethodPlan(
+        cfg.name, depth, k, m, train_embeddings=cfg.train_embeddings, k_m_source=source
+    )
+    if cfg.name == "layra":
+        plan.lora_layers = layers
+    else:
+        plan.full_layers = layers
+    return plan
+
+
+def lora_config(cfg: MethodConfig, plan: MethodPlan, model: nn.Module):
+    """The PEFT LoraConfig for a lora / layra plan on ``model``."""
+    from peft import LoraConfig
+
+    arch = describe(model)
+    targets = list(cfg.target_modules or arch.lora_targets)
+    modules_to_save = None
+    if plan.train_embeddings:
+        emb = arch.embed_name.split(".")[-1]
+        head = arch.head_name.split(".")[-1]
+        # With tied weights, listing both and ensure_weight_tying keeps one shared tensor;
+        # without it PEFT would silently untie them (SPEC, pitfalls).
+        modules_to_save = [emb, head]
+    layers_pattern = arch.layers_prefix.split(".")[-1]
+    return LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=targets,
+        layers_to_transform=plan.lora_layers if plan.method == "layra" else None,
+        layers_pattern=layers_pattern if plan.method == "layra" else None,
+        modules_to_save=modules_to_save,
+        ensure_weight_tying=arch.tied and modules_to_save is not None,
+        task_type="CAUSAL_LM",
+    )
+
+
+def prepare_model(model: nn.Module, cfg: MethodConfig) -> tuple[nn.Module, MethodPlan]:
+    """Freeze / wrap ``model`` so exactly the method's parameters train.
+
+    Returns the model to train (a PEFT model for lora / layra) and its plan.
+    Checks afterwards that adapters landed on exactly the planned layers and that
+    tied embeddings are still one tensor.
+    """
+    arch = describe(model)
+    plan = plan_method(cfg, arch.num_layers)
+    if plan.method in ("lora", "layra"):
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(cfg, plan, model))
+        got = sorted(
+            {arch.layer_of(n) for n, _ in model.named_parameters() if "lora_A" in n} - {None}
+        )
+        if got != plan.lora_layers:
+            raise LayraError(f"LoRA adapters landed on layers {got}, expected {plan.lora_layers}")
+    else:
+        for p in model.parameters():
+            p.requires_grad_(plan.method == "full")
+        if plan.method == "layer-selective":
+            full = set(plan.full_layers)
+            for name, p in model.named_parameters():
+                if arch.layer_of(name) in full:
+                    p.requires_grad_(True)
+            if plan.train_embeddings:
+                model.get_input_embeddings().weight.requires_grad_(True)
+                model.get_output_embeddings().weight.requires_grad_(True)
+    hf = unwrap(model)
+    if arch.tied and hf.get_input_embeddings().weight is not hf.get_output_embeddings().weight:
+        raise LayraError("internal: tied embeddings became untied while preparing the method")
+    return model, plan
+
+
+def trainable_summary(model: nn.Module, plan: MethodPlan) -> str:
+    """Human-readable account of what will train (printed before training)."""
+    params = unique_named_parameters(model)
+    total = sum(p.numel() for _, p in params)
+    trainable = [(n, p) for n, p in params if p.requires_grad]
+    n_train = sum(p.numel() for _, p in trainable)
+    full_modules = sorted(
+        {
+            n.rsplit(".", 1)[0].replace(".modules_to_save.default", "")
+            for n, _ in trainable
+            if "lora_" not in n
+        }
+    )
+    lines = [
+        f"method {plan.method}: {n_train:,} of {total:,} parameters train ({100 * n_train / total:.2f}%)",
+    ]
+    if plan.method in ("layer-selective", "layra"):
+        lines.append(
+            f"  k={plan.k} first, m={plan.m} last of {plan.depth} layers ({plan.k_m_source})"
+        )
+    if plan.lora_layers:
+        lines.append(f"  LoRA on layers {_ranges(plan.lora_layers)}")
+    if plan.full_layers and plan.method != "full":
+        lines.append(f"  fully trained layers {_ranges(plan.full_layers)}")
+    if plan.method != "full":
+        shown = [m for m in full_modules if describe(model).layer_of(m) is None]
+        if shown:
+            lines.append("  fully trained modules: " + ", ".join(shown))
+    if describe(model).tied:
+        lines.append("  input embeddings and LM head are tied: trained as one tensor")
+    return "\n".join(lines)
+
+
+def _ranges(xs: list[int]) -> str:
+    out, start, prev = [], None, None
+    for x in sorted(xs) + [None]:
+        if start is None:
+            start = prev = x
+        elif x is not None and x == prev + 1:
+            prev = x
+        else:
+            out.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = prev = x
+    return ", ".join(out)

@@ -1,0 +1,418 @@
+"""Continued pretraining, top to bottom, on accelerate.
+
+    layra train --config configs/gemma3-270m-layra-gl.yaml train.max_steps=20
+
+Reads and packs the data (once; cached in the run directory), loads the model,
+applies the method, trains with AdamW + warm-up/decay, checkpoints, and writes
+the outputs described in docs/formats.md. A killed run resumed with
+``resume=True`` ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from layra.atomic import atomic_dir, atomic_write_json, atomic_write_text
+from layra.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from layra.config import RunConfig, to_dict, validate
+from layra.errors import LayraError
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def model_depth(cfg: RunConfig) -> int:
+    """Number of decoder layers, from the config alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    from layra.models import resolve_source
+
+    src, gguf = resolve_source(cfg.model.name_or_path, cfg.model.gguf_file)
+    try:
+        mc = AutoConfig.from_pretrained(
+            src, gguf_file=gguf, trust_remote_code=cfg.model.trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        raise LayraError(
+            f"cannot read the model config of {cfg.model.name_or_path}: {str(e).splitlines()[0]}"
+        ) from e
+    mc = getattr(mc, "text_config", None) or mc
+    return int(mc.num_hidden_layers)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # The usual convention (HF Trainer, nanoGPT): no decay on biases and norm weights.
+    decay, no_decay = [], []
+    for name, p in model.named_parameters(remove_duplicate=True):
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def _schedule(optimizer, kind: str, warmup_steps: int, total_steps: int):
+    from transformers import get_scheduler
+
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[kind]
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps
+    )
+
+
+def _peak_rss_gib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+class _Log:
+    def __init__(self, path: Path, enabled: bool):
+        self.f = open(path, "a", encoding="utf-8") if enabled else None  # noqa: SIM115
+
+    def write(self, rec: dict[str, Any]) -> None:
+        if self.f:
+            self.f.write(json.dumps(rec) + "\n")
+            self.f.flush()
+
+    def close(self) -> None:
+        if self.f:
+            self.f.close()
+
+
+def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
+    out = Path(cfg.output_dir)
+    if (out / "run.json").exists() and not overwrite:
+        raise LayraError(f"run {out} is already complete (pass --overwrite to train it again)")
+    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+        raise LayraError(
+            f"output directory {out} exists; pass --resume to continue it or --overwrite"
+        )
+    if overwrite and out.exists() and not resume:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if resume and (out / "config.yaml").exists():
+        saved = yaml.safe_load((out / "config.yaml").read_text())
+        now = to_dict(cfg)
+        for key in ("model", "method", "data"):
+            if saved.get(key) != now.get(key):
+                raise LayraError(
+                    f"--resume: {key} settings differ from the run in {out}; use a new output_dir"
+                )
+    return out
+
+
+def train(
+    cfg: RunConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    stop_after_step: int | None = None,
+) -> Path:
+    """Train ``cfg`` and return the run directory (see docs/formats.md).
+
+    ``stop_after_step`` ends the loop early after checkpointing, as a kill would
+    (used to test resuming).
+    """
+    return train_model(cfg, resume, overwrite, progress, stop_after_step, keep_model=False)[0]
+
+
+def train_model(
+    cfg: RunConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    stop_after_step: int | None = None,
+    keep_model: bool = True,
+):
+    """Like :func:`train`, but also return the trained in-memory model.
+
+    With ``keep_model`` false a LoRA model is merged in place for ``--merge``
+    (no second copy of the weights in memory) and must not be used afterwards.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from layra import data as data_mod
+    from layra.fingerprint import model_fingerprint
+    from layra.loss import LossModule
+    from layra.methods import plan_method, prepare_model, trainable_summary
+    from layra.models import load_model, load_tokenizer
+    from layra.provenance import provenance
+
+    validate(cfg)
+    t = cfg.train
+    # Everything that can fail without weights fails here, before the slow load.
+    depth = model_depth(cfg)
+    plan_method(cfg.method, depth)
+    out = prepare_run_dir(cfg, resume, overwrite)
+
+    cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
+    if t.device == "cuda" and not torch.cuda.is_available():
+        raise LayraError("train.device=cuda but no CUDA device is available")
+    mp = "bf16" if t.precision == "bf16" else "no"
+    acc = Accelerator(mixed_precision=mp, cpu=cpu)
+    say = acc.print if progress else (lambda *a, **k: None)
+    set_seed(t.seed)
+
+    tok = load_tokenizer(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.trust_remote_code)
+    if (out / "data.safetensors").exists():
+        packed = data_mod.load_packed(out)
+        say(f"data: reusing {packed.stats['blocks']} packed blocks from {out}")
+    else:
+        say("data: reading sources")
+        packed = data_mod.build_dataset(cfg.data, tok, seed=t.seed, progress=progress)
+        if acc.is_main_process:
+            data_mod.save_packed(packed, out)
+        acc.wait_for_everyone()
+    for lang, s in packed.stats["languages"].items():
+        say(
+            f"  {lang}: {s['train_tokens']:,} training tokens in {s['blocks']} blocks, "
+            f"{s['heldout_documents']} held-out documents"
+        )
+
+    if acc.is_main_process:
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        atomic_write_json(
+            out / "provenance.json",
+            provenance(seed=t.seed, accelerate_state=str(acc.distributed_type)),
+        )
+
+    say(f"model: loading {cfg.model.name_or_path}")
+    model, _ = load_model(
+        cfg.model.name_or_path,
+        cfg.model.gguf_file,
+        dtype="float32",
+        trust_remote_code=cfg.model.trust_remote_code,
+        with_tokenizer=False,
+    )
+    base_fp = model_fingerprint(model, tok)
+    model, plan = prepare_model(model, cfg.method)
+    if t.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    say(trainable_summary(model, plan))
+
+    world = acc.num_processes
+    per_step = t.batch_size * t.grad_accum * world
+    n_blocks = len(packed.blocks)
+    steps_per_epoch = n_blocks // per_step
+    if steps_per_epoch == 0:
+        raise LayraError(
+            f"{n_blocks} blocks are fewer than one optimizer step needs ({per_step} = batch_size "
+            f"{t.batch_size} x grad_accum {t.grad_accum} x {world} processes); add text or lower them"
+        )
+    total_steps = steps_per_epoch * t.epochs
+    if t.max_steps is not None:
+        total_steps = min(total_steps, t.max_steps)
+    warmup = math.ceil(t.warmup * total_steps)
+
+    loss_model = LossModule(model, t.loss_chunk)
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas), eps=t.eps
+    )
+    scheduler = _schedule(optimizer, t.schedule, warmup, total_steps)
+    loss_model, optimizer = acc.prepare(loss_model, optimizer)
+
+    ckpt_root = out / "checkpoints"
+    start_step, tokens_seen = 0, 0
+    last = latest_checkpoint(ckpt_root) if resume else None
+    if last is not None:
+        meta = load_checkpoint(last, model, optimizer, scheduler)
+        start_step, tokens_seen = meta["step"], meta["tokens"]
+        say(f"resume: from {last} (step {start_step})")
+    elif resume:
+        say("resume: no checkpoint yet, starting from step 0")
+
+    def check_finite(step: int) -> None:
+        # The loss can be finite while the update that follows overflows; never
+        # checkpoint or write such weights.
+        bad = [
+            n
+            for n, p in model.named_parameters()
+            if p.requires_grad and not torch.isfinite(p).all()
+        ]
+        if bad:
+            prev = latest_checkpoint(ckpt_root)
+            kept = f"last good checkpoint: {prev}" if prev else "no checkpoint was saved yet"
+            raise LayraError(
+                f"weights became non-finite at step {step} ({bad[0]}); stopping ({kept}). "
+                "Try a lower train.lr"
+            )
+
+    def save(step: int) -> None:
+        check_finite(step)
+        if acc.is_main_process:
+            save_checkpoint(
+                ckpt_root / f"step-{step}",
+                model,
+                optimizer,
+                scheduler,
+                {"step": step, "tokens": tokens_seen, "seed": t.seed},
+            )
+            prune_checkpoints(ckpt_root, t.keep_checkpoints)
+        acc.wait_for_everyone()
+
+    log = _Log(out / "log.jsonl", acc.is_main_process)
+    device = acc.device
+    rank = acc.process_index
+    seq_len = packed.blocks.shape[1]
+    bar = tqdm(
+        total=total_steps,
+        initial=start_step,
+        disable=not (progress and acc.is_main_process),
+        desc=f"train {plan.method}",
+        unit="step",
+        dynamic_ncols=True,
+    )
+    model.train()
+    t0, tok0 = time.perf_counter(), tokens_seen
+    loss_val = float("nan")
+    try:
+        for step in range(start_step, total_steps):
+            base = (step % steps_per_epoch) * per_step
+            step_loss = torch.zeros((), device=device)
+            for micro in range(t.grad_accum):
+                # Global block order: [step][micro][rank][batch] — same data for any world size.
+                lo = base + (micro * world + rank) * t.batch_size
+                batch = packed.blocks[lo : lo + t.batch_size].to(device)
+                ctx = acc.no_sync(loss_model) if micro < t.grad_accum - 1 else _null()
+                with ctx, acc.autocast():
+                    loss = loss_model(batch)
+                acc.backward(loss / t.grad_accum)
+                step_loss += loss.detach() / t.grad_accum
+            loss_val = acc.reduce(step_loss, reduction="mean").item()
+            if not math.isfinite(loss_val):
+                prev = latest_checkpoint(ckpt_root)
+                kept = f"last good checkpoint: {prev}" if prev else "no checkpoint was saved yet"
+                raise LayraError(
+                    f"loss is {loss_val} at step {step + 1}; stopping ({kept}). Try a lower train.lr"
+                )
+            grad_norm = None
+            if t.max_grad_norm:
+                grad_norm = float(acc.clip_grad_norm_(model.parameters(), t.max_grad_norm))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            tokens_seen += per_step * seq_len
+            elapsed = time.perf_counter() - t0
+            tps = (tokens_seen - tok0) / elapsed if elapsed > 0 else 0.0
+            if (step + 1) % t.log_every == 0 or step + 1 == total_steps:
+                log.write(
+                    {
+                        "step": step + 1,
+                        "loss": loss_val,
+                        "lr": scheduler.get_last_lr()[0],
+                        "grad_norm": grad_norm,
+                        "tokens": tokens_seen,
+                        "tokens_per_s": round(tps, 1),
+                        "elapsed_s": round(elapsed, 2),
+                    }
+                )
+            bar.set_postfix(loss=f"{loss_val:.4f}", tok_s=f"{tps:,.0f}")
+            bar.update(1)
+            done = step + 1
+            if (
+                t.save_every and done % t.save_every == 0 and done < total_steps
+            ) or done == stop_after_step:
+                save(done)
+            if stop_after_step is not None and done >= stop_after_step:
+                return out, model
+    finally:
+        bar.close()
+        log.close()
+    elapsed = time.perf_counter() - t0
+    check_finite(total_steps)
+
+    if acc.is_main_process:
+        _write_outputs(cfg, out, model, tok, plan, copy_before_merge=keep_model)
+        summary = {
+            "status": "complete",
+            "method": plan.method,
+            "plan": plan.to_dict(),
+            "base_model": cfg.model.name_or_path,
+            "gguf_file": cfg.model.gguf_file,
+            "base_fingerprint": base_fp,
+            "languages": list(packed.heldout),
+            "steps": total_steps,
+            "tokens": tokens_seen,
+            "final_loss": loss_val,
+            "train_seconds_this_session": round(elapsed, 1),
+            "tokens_per_s_this_session": round((tokens_seen - tok0) / elapsed, 1)
+            if elapsed
+            else None,
+            "peak_rss_gib": round(_peak_rss_gib(), 2),
+            "processes": world,
+            "tied": model_is_tied(model),
+            "outputs": sorted(
+                p.name
+                for p in out.iterdir()
+                if p.name in ("adapter", "trained.safetensors", "model")
+            ),
+        }
+        atomic_write_json(out / "run.json", summary)
+        say(f"done: {total_steps} steps, final loss {loss_val:.4f}, outputs in {out}")
+    acc.wait_for_everyone()
+    return out, model
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def model_is_tied(model) -> bool:
+    from layra.arch import unwrap
+
+    hf = unwrap(model)
+    return hf.get_input_embeddings().weight is hf.get_output_embeddings().weight
+
+
+def _write_outputs(cfg: RunConfig, out: Path, model, tok, plan, copy_before_merge: bool) -> None:
+    """The adapter or trained tensors, and the merged model if asked (each atomic)."""
+    from safetensors.torch import save_file
+
+    from layra.arch import unwrap
+    from layra.checkpoint import trainable_state
+
+    if plan.method in ("lora", "layra"):
+        with atomic_dir(out / "adapter", overwrite=True) as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+    else:
+        tensors = trainable_state(unwrap(model))
+        tmp = out / ".trained.safetensors.tmp"
+        save_file(tensors, str(tmp), metadata={"format": "pt", "method": plan.method})
+        os.replace(tmp, out / "trained.safetensors")
+    if cfg.merge:
+        if plan.method in ("lora", "layra"):
+            import copy
+
+            # Merging rewrites the base weights; a caller that keeps the model gets a copy merged.
+            merged = (copy.deepcopy(model) if copy_before_merge else model).merge_and_unload()
+        else:
+            merged = unwrap(model)
+        with atomic_dir(out / "model", overwrite=True) as tmp:
+            merged.save_pretrained(tmp)
+            tok.save_pretrained(tmp)

@@ -1,0 +1,113 @@
+"""Data: formats, held-out slice, budget, packing, language mixing."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from layra.config import DataConfig, SourceConfig
+from layra.data import build_dataset, is_heldout, iter_documents, language_budgets
+from layra.errors import LayraError
+
+DOCS = [f"documento número {i} con texto abondo para varios tokens" for i in range(60)]
+
+
+def test_txt_jsonl_parquet_and_hub_reader_give_the_same_documents(tmp_path):
+    (tmp_path / "a.txt").write_text("\n\n".join(DOCS) + "\n", encoding="utf-8")
+    with open(tmp_path / "a.jsonl", "w", encoding="utf-8") as f:
+        for d in DOCS:
+            f.write(json.dumps({"content": d}) + "\n")
+    pq.write_table(pa.table({"text": DOCS}), tmp_path / "a.parquet")
+    # A local dataset directory goes through the same datasets.load_dataset(name, config) call as the hub.
+    hub = tmp_path / "hubish"
+    hub.mkdir()
+    pq.write_table(pa.table({"text": DOCS}), hub / "train.parquet")
+    got = {
+        "txt": list(iter_documents(SourceConfig(path=str(tmp_path / "a.txt"), lang="glg"))),
+        "jsonl": list(
+            iter_documents(
+                SourceConfig(path=str(tmp_path / "a.jsonl"), lang="glg", field="content")
+            )
+        ),
+        "parquet": list(iter_documents(SourceConfig(path=str(tmp_path / "a.parquet"), lang="glg"))),
+        "hf": list(iter_documents(SourceConfig(path=str(hub), lang="glg", format="hf"))),
+    }
+    for k, v in got.items():
+        assert v == DOCS, k
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ola \xff\xfe mundo")
+    with pytest.raises(LayraError, match="not valid UTF-8"):
+        list(iter_documents(SourceConfig(path=str(bad), lang="glg")))
+    with pytest.raises(LayraError, match="not found"):
+        list(iter_documents(SourceConfig(path=str(tmp_path / "nope.txt"), lang="glg")))
+    j = tmp_path / "a.jsonl"
+    j.write_text('{"body": "x"}\n')
+    with pytest.raises(LayraError, match="no field 'text'; fields: body"):
+        list(iter_documents(SourceConfig(path=str(j), lang="glg")))
+
+
+def test_heldout_is_disjoint_budget_is_met_and_eos_separates_documents(tmp_path, tok):
+    (tmp_path / "gl.txt").write_text("\n\n".join(DOCS), encoding="utf-8")
+    cfg = DataConfig(
+        sources=[SourceConfig(path=str(tmp_path / "gl.txt"), lang="glg")],
+        seq_len=16,
+        max_tokens=320,
+        heldout_fraction=0.2,
+    )
+    packed = build_dataset(cfg, tok, seed=1)
+    held = packed.heldout["glg"]
+    assert held and all(is_heldout(d, 0.2) for d in held)
+    assert len(held) == sum(is_heldout(d, 0.2) for d in DOCS)
+    assert packed.blocks.shape == (20, 16)  # exactly the budget: 320 / 16
+    train_ids = packed.blocks.reshape(-1).tolist()
+    for d in held:  # no held-out document's token sequence appears in training
+        ids = tok(d, add_special_tokens=False)["input_ids"]
+        s = ",".join(map(str, ids))
+        assert s not in ",".join(map(str, train_ids))
+    assert train_ids.count(tok.eos_token_id) >= 5
+    # Same seed, same blocks; other seed, other order of the same blocks.
+    again = build_dataset(cfg, tok, seed=1)
+    assert torch.equal(again.blocks, packed.blocks)
+    other = build_dataset(cfg, tok, seed=2)
+    assert not torch.equal(other.blocks, packed.blocks)
+    assert sorted(map(tuple, other.blocks.tolist())) == sorted(map(tuple, packed.blocks.tolist()))
+
+
+def test_languages_share_the_budget_equally_or_by_weight(tmp_path, tok):
+    (tmp_path / "gl.txt").write_text("\n\n".join(DOCS), encoding="utf-8")
+    (tmp_path / "sw.txt").write_text(
+        "\n\n".join(d.replace("o", "u") for d in DOCS * 3), encoding="utf-8"
+    )
+    srcs = [
+        SourceConfig(path=str(tmp_path / "gl.txt"), lang="glg", weight=1.0),
+        SourceConfig(path=str(tmp_path / "sw.txt"), lang="swa", weight=3.0),
+    ]
+    eq = build_dataset(
+        DataConfig(sources=srcs, seq_len=16, max_tokens=320, heldout_fraction=0), tok
+    )
+    assert eq.stats["languages"]["glg"]["blocks"] == eq.stats["languages"]["swa"]["blocks"] == 10
+    w = build_dataset(
+        DataConfig(sources=srcs, seq_len=16, max_tokens=320, mix="weights", heldout_fraction=0), tok
+    )
+    assert (w.stats["languages"]["glg"]["blocks"], w.stats["languages"]["swa"]["blocks"]) == (5, 15)
+    # No budget: equal-token subsampling cuts every language to the smallest.
+    nob = build_dataset(DataConfig(sources=srcs, seq_len=16, heldout_fraction=0), tok)
+    assert nob.stats["languages"]["glg"]["blocks"] == nob.stats["languages"]["swa"]["blocks"]
+    assert language_budgets(DataConfig(sources=srcs, max_tokens=100, mix="weights")) == {
+        "glg": 25,
+        "swa": 75,
+    }
+
+
+def test_empty_file_is_an_error(tmp_path, tok):
+    (tmp_path / "e.txt").write_text("\n\n  \n")
+    with pytest.raises(LayraError, match="no training documents for language glg"):
+        build_dataset(
+            DataConfig(sources=[SourceConfig(path=str(tmp_path / "e.txt"), lang="glg")], seq_len=8),
+            tok,
+        )
