@@ -1,0 +1,152 @@
+"""`layra report`: the tables' numbers are the records' numbers; learning/retention signs; plots."""
+
+import csv
+import io
+import json
+import struct
+
+import pytest
+
+from layra.cli import main
+from layra.errors import LayraError
+from layra.evaluation.plots import plot_bars, plot_tradeoff
+from layra.evaluation.report import build_tables, parse_new, to_csv, to_markdown
+from layra.evaluation.store import ResultStore, load_records, record_key
+
+BPB = {  # model -> lang -> bits per byte (lower is better)
+    "PT": {"eng": 1.00, "spa": 1.20, "glg": 2.00},
+    "full-gl": {"eng": 1.30, "spa": 1.50, "glg": 1.10},
+    "layra-gl": {"eng": 1.05, "spa": 1.20, "glg": 1.40},
+}
+ACC = {"PT": {"eng": 0.50, "glg": 0.40}, "layra-gl": {"eng": 0.48, "glg": 0.46}}
+
+
+def rec(name, bench, lang, value, *, created="2025-01-01T00:00:00+00:00", sha=None, seq_len=512):
+    metric, hib = ("bpb", False) if bench == "bpb" else ("acc", True)
+    ident = {"name": name, "bench": bench, "lang": lang, "created": created, "sha": sha}
+    return {
+        "schema": "layra.result/1", "key": record_key(ident), "kind": "bpb" if bench == "bpb" else "task",
+        "benchmark": bench, "lang": lang, "metric": metric, "value": value, "higher_is_better": hib,
+        "model": {"name": name}, "data": {"sha256": sha or f"data-{bench}-{lang}"},
+        "settings": {"seq_len": seq_len, "batch_size": 8}, "provenance": {"created": created},
+    }  # fmt: skip
+
+
+def records():
+    out = [rec(m, "bpb", la, v) for m, vals in BPB.items() for la, v in vals.items()]
+    out += [rec(m, "xnli", la, v) for m, vals in ACC.items() for la, v in vals.items()]
+    return out
+
+
+def test_table_numbers_equal_inputs_and_signs():
+    bpb, xnli = build_tables(records(), "PT", parse_new(["glg"]))
+    assert (bpb.benchmark, xnli.benchmark) == ("bpb", "xnli")
+    assert bpb.langs == ["eng", "spa", "glg"]  # old languages first, new ones last
+    assert [r.name for r in bpb.rows] == ["PT", "full-gl", "layra-gl"]
+    for r in bpb.rows:
+        assert r.values == BPB[r.name]
+        assert r.avg == pytest.approx(sum(BPB[r.name].values()) / 3)
+    full = bpb.rows[1]
+    # bpb: improvement = base − model.
+    assert full.delta == pytest.approx({"eng": -0.30, "spa": -0.30, "glg": 0.90})
+    assert full.learning == pytest.approx(0.90)
+    assert full.retention == pytest.approx(-0.30)
+    assert bpb.rows[2].retention == pytest.approx(-0.025) and bpb.rows[2].learning == pytest.approx(
+        0.6
+    )
+    assert bpb.rows[0].learning == 0 and bpb.rows[0].retention == 0
+    # accuracy: shown in %, improvement = model − base, in points.
+    lay = xnli.rows[1]
+    assert lay.values == pytest.approx({"eng": 48.0, "glg": 46.0})
+    assert lay.learning == pytest.approx(6.0) and lay.retention == pytest.approx(-2.0)
+
+
+def test_markdown_and_csv():
+    tables = build_tables(records(), "PT", parse_new(["glg"]))
+    md = to_markdown(tables)
+    assert "| model | eng | spa | glg | Avg | Learning Δ | Retention Δ | new |" in md
+    assert "| full-gl | 1.3000 | 1.5000 | 1.1000 | 1.3000 | +0.9000 | -0.3000 | glg |" in md
+    assert "| layra-gl | 48.0 | 46.0 | 47.0 | +6.0 | -2.0 | glg |" in md
+    assert "lower is better" in md and "base − model" in md and "model − base" in md
+    rows = list(csv.DictReader(io.StringIO(to_csv(tables[0]))))
+    got = {r["model"]: {la: float(r[la]) for la in ("eng", "spa", "glg")} for r in rows}
+    assert got == BPB
+    assert float(rows[1]["learning"]) == pytest.approx(0.9)
+
+
+def test_per_row_new_languages_and_run_languages():
+    recs = records()
+    for r in recs:
+        if r["model"]["name"] == "full-gl":
+            r["model"]["languages"] = ["gl"]  # as a run records them
+    (bpb, _) = build_tables(recs, "PT", {})
+    assert bpb.rows[1].new == ("glg",) and bpb.rows[1].learning == pytest.approx(0.9)
+    assert bpb.rows[2].new == () and bpb.rows[2].learning is None
+    assert bpb.rows[2].retention == pytest.approx((-0.05 + 0 + 0.6) / 3)
+    (bpb, _) = build_tables(recs, "PT", parse_new(["layra-gl=spa,glg"]))
+    assert bpb.rows[2].new == ("spa", "glg")
+    assert bpb.rows[2].learning == pytest.approx(0.3) and bpb.rows[2].retention == pytest.approx(
+        -0.05
+    )
+
+
+def test_missing_cells_and_superseded_records():
+    recs = [r for r in records() if not (r["model"]["name"] == "layra-gl" and r["lang"] == "spa")]
+    recs.append(rec("PT", "bpb", "eng", 0.9, created="2025-02-01T00:00:00+00:00"))
+    (bpb, _) = build_tables(recs, "PT", parse_new(["glg"]))
+    assert bpb.rows[0].values["eng"] == 0.9  # the newer record wins
+    assert any("superseded" in n for n in bpb.notes)
+    lay = bpb.rows[2]
+    assert "spa" not in lay.values and lay.avg is None
+    assert lay.retention == pytest.approx(0.9 - 1.05)
+    assert "| layra-gl | 1.0500 | – | 1.4000 | – |" in to_markdown([bpb])
+
+
+def test_report_refuses_incomparable_and_unknown_base():
+    recs = records() + [rec("other", "bpb", "glg", 1.0, sha="different-text")]
+    with pytest.raises(LayraError, match="bpb glg: records were computed on different data"):
+        build_tables(recs, "PT")
+    recs = records() + [rec("other", "bpb", "glg", 1.0, seq_len=128)]
+    with pytest.raises(LayraError, match="different data or settings"):
+        build_tables(recs, "PT")
+    with pytest.raises(LayraError, match="base 'Base' has no bpb results; models: PT, full-gl"):
+        build_tables(records(), "Base")
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_plots_are_valid_pngs(tmp_path):
+    bpb, xnli = build_tables(records(), "PT", parse_new(["glg"]))
+    assert _png_size(plot_tradeoff(bpb, tmp_path / "t.png")) == (600, 450)
+    w, h = _png_size(plot_bars(xnli, tmp_path / "b.png"))
+    assert w >= 600 and h == 450
+    assert not list(tmp_path.glob(".*"))  # no temporary files left
+
+
+def test_cli_report(tmp_path, capsys):
+    store = ResultStore(tmp_path / "results")
+    for r in records():
+        store.put({k: v for k, v in r.items() if k != "schema"})
+    (tmp_path / "results" / "notes.json").write_text("{}")  # other JSON is ignored
+    assert len(load_records([tmp_path / "results"])) == len(records())
+    out = tmp_path / "report"
+    argv = ["report", str(tmp_path / "results"), "--base", "PT", "--new", "glg", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "## bpb" in printed and "## xnli" in printed
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["bpb.csv", "bpb_bars.png", "bpb_tradeoff.png", "report.json", "report.md",
+                     "xnli.csv", "xnli_bars.png", "xnli_tradeoff.png"]  # fmt: skip
+    for p in out.glob("*.png"):
+        _png_size(p)
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["tables"][0]["rows"][1]["values"] == BPB["full-gl"]
+    assert main(argv) == 2  # exists
+    assert "already exists" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nothing"), "--base", "PT"]) == 2
+    assert "do not exist" in capsys.readouterr().err
