@@ -43,7 +43,9 @@ def is_weight_name(name: str) -> bool:
 def sample_positions(numel: int) -> torch.Tensor | None:
     """Flat indices of the elements a fingerprint samples (None: all of them)."""
     if numel > _SAMPLES:
-        return torch.linspace(0, numel - 1, _SAMPLES).round().long()
+        # float64: in float32 the last position of a >2**24-element tensor (any real
+        # embedding) rounds up past the end.
+        return torch.linspace(0, numel - 1, _SAMPLES, dtype=torch.float64).round().long()
     return None
 
 

@@ -1,0 +1,199 @@
+"""``layra lens``: logit-lens language profile of a model, and k/m suggested from it.
+
+layra lens MODEL --text eng=en.txt --text glg=gl.txt --out lens.json --heatmap lens.png
+layra lens suggest lens.json
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from layra.cli import subparser
+from layra.errors import LayraError, require
+
+_LANG = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+USAGE = """layra lens MODEL --text LANG=PATH [--text LANG=PATH ...] --out PROFILE.json [--heatmap PNG] [options]
+       layra lens suggest PROFILE [--lang LANG ...] [--threshold T]"""
+
+
+def read_texts(specs: list[str] | None) -> dict[str, tuple[Path, str]]:
+    """Parse repeated ``--text LANG=PATH`` into language -> (path, text), in the order given.
+
+    Raises LayraError for a malformed spec, a repeated language, a missing or empty file.
+    """
+    require(bool(specs), "give at least one --text LANG=PATH")
+    out: dict[str, tuple[Path, str]] = {}
+    for spec in specs:
+        lang, sep, path = spec.partition("=")
+        require(
+            bool(sep) and bool(path) and bool(_LANG.match(lang)),
+            f"--text {spec!r}: expected LANG=PATH, e.g. --text glg=texts/glg.txt",
+        )
+        require(lang not in out, f"language {lang!r} given twice in --text")
+        p = Path(path).expanduser()
+        require(p.is_file(), f"text file {p} (for {lang}) does not exist")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise LayraError(f"text file {p} is not UTF-8: {e.reason} at byte {e.start}") from e
+        require(text.strip() != "", f"text file {p} (for {lang}) is empty")
+        out[lang] = (p, text)
+    return out
+
+
+def _check_out(path: Path, overwrite: bool) -> None:
+    require(
+        overwrite or not path.exists(),
+        f"output {path} already exists (pass --overwrite to replace it)",
+    )
+
+
+def _run_profile(args) -> int:
+    from layra.atomic import atomic_write_bytes, atomic_write_json
+    from layra.lens import lens_profile, suggest_km
+    from layra.models import load_model
+    from layra.provenance import provenance
+    from layra.tokenlang import token_language_map
+
+    require(args.out is not None, "give --out PROFILE.json")
+    require(args.max_tokens >= 2, f"--max-tokens must be at least 2 (got {args.max_tokens})")
+    require(args.window >= 2, f"--window must be at least 2 (got {args.window})")
+    out = Path(args.out)
+    _check_out(out, args.overwrite)
+    heatmap = Path(args.heatmap) if args.heatmap else None
+    if heatmap:
+        _check_out(heatmap, args.overwrite)
+    sources = read_texts(args.text)
+    require(
+        args.english in sources,
+        f"the lens needs English text too (--text {args.english}=PATH): it defines which "
+        "tokens are English (or name another --english language)",
+    )
+    texts = {lang: text for lang, (_, text) in sources.items()}
+    model, tok = load_model(args.model, dtype=args.dtype)
+    tmap = token_language_map(tok, texts, ratio=args.ratio, min_count=args.min_count)
+    for lang, size in tmap.sizes().items():
+        if size == 0:
+            print(
+                f"layra: warning: no token is distinctive of {lang}; its own-language mass is 0",
+                file=sys.stderr,
+            )
+    profile = lens_profile(
+        model,
+        tok,
+        texts,
+        tmap,
+        english=args.english,
+        max_tokens=args.max_tokens,
+        window=args.window,
+    )
+    profile = {"model": args.model, **profile, "provenance": provenance(dtype=args.dtype)}
+    for lang, (path, _) in sources.items():
+        profile["texts"][lang]["path"] = str(path)
+    try:
+        k, m, why = suggest_km(profile)
+    except LayraError as e:  # a profile without signal is still a valid profile
+        k = m = None
+        why = f"no suggestion: {e}"
+    profile["suggestion"] = {"k": k, "m": m, "explanation": why}
+    atomic_write_json(out, profile)
+    print(f"wrote {out}")
+    if heatmap:
+        from layra.plots_lens import lens_heatmap
+
+        atomic_write_bytes(heatmap, lens_heatmap(profile, k, m))
+        print(f"wrote {heatmap}")
+    print(why)
+    return 0
+
+
+def _run_suggest(args) -> int:
+    from layra.lens import suggest_km
+
+    require(args.profile is not None, "usage: layra lens suggest PROFILE")
+    k, m, why = suggest_km(args.profile, languages=args.lang, threshold=args.threshold)
+    print(why)
+    print(f"k={k} m={m}")
+    return 0
+
+
+def run(args) -> int:
+    """Dispatch ``layra lens suggest PROFILE`` versus ``layra lens MODEL ...``."""
+    if args.model == "suggest":
+        return _run_suggest(args)
+    require(
+        args.profile is None,
+        f"unexpected argument {args.profile!r} (did you mean `layra lens suggest PROFILE`?)",
+    )
+    return _run_profile(args)
+
+
+def register(sub) -> None:
+    p = subparser(
+        sub,
+        "lens",
+        help="logit-lens language profile per layer; `lens suggest` turns it into LayRA's k, m",
+        example="layra lens model-dir --text eng=texts/eng.txt --text glg=texts/glg.txt "
+        "--out lens.json --heatmap lens.png && layra lens suggest lens.json",
+        description="Logit lens: every layer's residual stream through the final norm and LM head; "
+        "per layer and text language, the next-token probability mass on that language's tokens "
+        "and on English tokens (token→language map from token frequencies in the texts, see "
+        "docs/lens.md). `layra lens suggest PROFILE` prints k and m for LayRA.",
+    )
+    p.usage = USAGE
+    p.add_argument(
+        "model", metavar="MODEL", help="model directory, .gguf file or hub id; or `suggest`"
+    )
+    p.add_argument("profile", nargs="?", metavar="PROFILE", help="(suggest) a profile JSON")
+    p.add_argument(
+        "--text",
+        action="append",
+        metavar="LANG=PATH",
+        help="UTF-8 text in language LANG (repeatable; English is required)",
+    )
+    p.add_argument("--out", metavar="PROFILE.json", help="where to write the profile")
+    p.add_argument("--heatmap", metavar="PNG", help="also draw the layers × languages heatmap")
+    p.add_argument(
+        "--english",
+        default="eng",
+        metavar="LANG",
+        help="which --text language is English (default eng)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=512,
+        help="tokens of each text the lens reads (default 512)",
+    )
+    p.add_argument("--window", type=int, default=256, help="tokens per forward pass (default 256)")
+    p.add_argument(
+        "--ratio",
+        type=float,
+        default=5.0,
+        help="token→language rule: frequency ratio over every other language (default 5)",
+    )
+    p.add_argument(
+        "--min-count",
+        type=int,
+        default=3,
+        help="token→language rule: minimum count in its language's text (default 3)",
+    )
+    p.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument(
+        "--lang",
+        action="append",
+        metavar="LANG",
+        help="(suggest) languages to base k, m on (default: all but English)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="(suggest) relative own-language mass below which a layer is "
+        "language-general (default 0.5)",
+    )
+    p.set_defaults(func=run)
