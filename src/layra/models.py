@@ -119,8 +119,11 @@ def load_model(
     directory without ``config.json`` or a model that does not load.
     """
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     src, gguf = resolve_source(name_or_path, gguf_file)
+    # transformers' per-tensor "Loading weights" bar is noise next to layra's own progress.
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(
             src, gguf_file=gguf, dtype=parse_dtype(dtype), trust_remote_code=trust_remote_code
