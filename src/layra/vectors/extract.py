@@ -1,0 +1,315 @@
+"""Make a language vector: from a layra run directory, or as the difference of two checkpoints.
+
+    layra vector extract runs/gl-layra --out vectors/gl
+    layra vector diff base-model trained-model --out vectors/gl
+
+From a run (docs/formats.md): a LoRA / LayRA run's PEFT adapter gives each
+adapted linear layer exactly as ``(α/r)·B·A`` (``α/√r`` with rsLoRA; per-module
+``alpha_pattern`` / ``rank_pattern`` honoured), kept factored; its
+``modules_to_save`` (embedding, LM head) hold trained values, so their delta is
+``trained − base``. A full / layer-selective run's ``trained.safetensors`` holds
+the trained tensors; each delta is ``trained − base``. Deltas that are exactly
+zero are left out. The base model is checked against the run's recorded
+fingerprint, so a vector is never made against the wrong weights.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from layra.atomic import atomic_dir
+from layra.errors import LayraError
+from layra.provenance import provenance
+from layra.vectors.arithmetic import FP32
+from layra.vectors.format import Entry, VectorWriter, planned_keys
+from layra.vectors.shards import TensorInfo, read_header, read_rows
+from layra.vectors.source import Source, open_model
+
+_PEFT_PREFIX = "base_model.model."
+_LORA_KEY = re.compile(r"^(?P<mod>.+)\.lora_(?P<emb>embedding_)?(?P<ab>[AB])(?:\.weight)?$")
+CHUNK_BYTES = 64 << 20
+
+
+def _manifest(src: Source, fp: dict, method: str, languages, source: dict) -> dict[str, Any]:
+    arch = src.arch
+    return {
+        "start": {
+            "arch": fp["arch"],
+            "weights": fp["weights"],
+            "model": src.ref,
+            "model_type": arch.model_type,
+        },
+        "method": method,
+        "languages": list(languages or []),
+        "source": source,
+        "tied": arch.tied,
+        "embed": f"{arch.embed_name}.weight",
+        "head": f"{arch.head_name}.weight",
+        "vocab_size": src.shapes[f"{arch.embed_name}.weight"][0],
+        "provenance": provenance(),
+    }
+
+
+def _aliases(src: Source, name: str) -> tuple[str, ...]:
+    """A tied embedding's delta is the head's too: recorded once, with the head as alias."""
+    arch = src.arch
+    return (
+        (f"{arch.head_name}.weight",) if arch.tied and name == f"{arch.embed_name}.weight" else ()
+    )
+
+
+def _dense_diff(w: VectorWriter, name: str, shape, new_rows, old_rows, aliases=()) -> None:
+    """Stream ``new − old`` into the vector, block of rows by block; drop it if all zero."""
+    rows = shape[0] if shape else 1
+    row_elems = max(1, (torch.Size(shape).numel() // rows) if rows else 1)
+    step = max(1, CHUNK_BYTES // (4 * row_elems))
+    w.begin_dense(name, tuple(shape), aliases)
+    nonzero = False
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        d = new_rows(start, stop).to(FP32) - old_rows(start, stop).to(FP32)
+        nonzero = nonzero or bool(d.any())
+        w.write_rows(d.reshape(stop - start, *shape[1:]) if shape else d)
+    if not nonzero:
+        w.drop_dense()
+
+
+def _reader(info: TensorInfo):
+    return lambda a, b: read_rows(info, a, b) if info.shape else read_rows(info)
+
+
+def _base_reader(src: Source, name: str):
+    return lambda a, b: src.read(name, a, b)
+
+
+# --- from a run ------------------------------------------------------------------------
+
+
+def _read_run(run: Path) -> dict[str, Any]:
+    rj = run / "run.json"
+    if not run.is_dir():
+        raise LayraError(f"run directory {run} does not exist")
+    if not rj.is_file():
+        raise LayraError(f"{run} has no run.json: the run is unfinished (resume it) or not a run")
+    try:
+        info = json.loads(rj.read_text())
+    except json.JSONDecodeError as e:
+        raise LayraError(f"{rj} is not valid JSON ({e})") from e
+    if info.get("status", "complete") != "complete":
+        raise LayraError(f"run {run} is not complete (status {info.get('status')!r})")
+    if not info.get("base_model"):
+        raise LayraError(f"{rj} names no base_model")
+    return info
+
+
+def extract_run(
+    run: str | Path, out: str | Path, *, base: str | None = None, overwrite: bool = False
+) -> dict[str, Any]:
+    """Write the language vector of a finished layra run to ``out``; return its manifest.
+
+    ``base`` overrides the run's ``base_model`` (e.g. after moving it); it must
+    still have the fingerprint the run recorded. Raises :class:`LayraError` for
+    an unfinished run, a base model with other weights, an adapter layra cannot
+    express exactly (DoRA, LoRA biases, ...), or a NaN/inf delta.
+    """
+    run, out = Path(run), Path(out)
+    info = _read_run(run)
+    if out.exists() and not overwrite:
+        raise LayraError(f"output {out} already exists (pass --overwrite to replace it)")
+    adapter, trained = run / "adapter", run / "trained.safetensors"
+    if not adapter.is_dir() and not trained.is_file():
+        raise LayraError(f"run {run} has neither adapter/ nor trained.safetensors")
+    ref = base or info["base_model"]
+    src = open_model(ref, None if base else info.get("gguf_file"))
+    fp = src.fingerprint()
+    want = info.get("base_fingerprint") or {}
+    if want.get("weights") and want["weights"] != fp["weights"]:
+        raise LayraError(
+            f"base model {ref} is not the one run {run} started from (weights fingerprint "
+            f"{fp['weights']}, run recorded {want['weights']}); pass --base with the right model"
+        )
+    source = {
+        "kind": "run",
+        "path": str(run),
+        "run": {
+            k: info.get(k)
+            for k in (
+                "method",
+                "steps",
+                "tokens",
+                "final_loss",
+                "lora_layers",
+                "trained_modules",
+                "languages",
+            )
+        },
+    }
+    manifest = _manifest(src, fp, info.get("method", "unknown"), info.get("languages"), source)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        if adapter.is_dir():
+            return _from_adapter(adapter, src, tmp, manifest)
+        return _from_trained(trained, src, tmp, manifest)
+
+
+def _lora_scale(cfg: dict[str, Any], module: str) -> tuple[int, float]:
+    """(rank, scale) PEFT uses for ``module`` (full name, e.g. model.layers.0.mlp.up_proj)."""
+    from peft.utils.other import get_pattern_key
+
+    r = cfg.get("rank_pattern", {}).get(
+        get_pattern_key(cfg.get("rank_pattern", {}), module), cfg["r"]
+    )
+    alpha_pat = cfg.get("alpha_pattern", {})
+    alpha = alpha_pat.get(get_pattern_key(alpha_pat, module), cfg["lora_alpha"])
+    return r, (alpha / r**0.5 if cfg.get("use_rslora") else alpha / r)
+
+
+def _check_adapter_config(cfg: dict[str, Any], where: Path) -> None:
+    if cfg.get("peft_type") != "LORA":
+        raise LayraError(f"{where}: adapter type {cfg.get('peft_type')!r} is not LoRA")
+    unsupported = {
+        "use_dora": "DoRA (its delta is not low-rank)",
+        "lora_bias": "LoRA biases",
+        "layer_replication": "layer replication",
+        "trainable_token_indices": "trainable token indices",
+        "target_parameters": "target_parameters",
+    }
+    for key, what in unsupported.items():
+        if cfg.get(key):
+            raise LayraError(f"{where}: adapters with {what} are not supported")
+
+
+def _from_adapter(adapter: Path, src: Source, out: Path, manifest: dict) -> dict[str, Any]:
+    cfg_path, weights = adapter / "adapter_config.json", adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise LayraError(f"{adapter} has no adapter_model.safetensors (layra never unpickles .bin)")
+    cfg = json.loads(cfg_path.read_text())
+    _check_adapter_config(cfg, adapter)
+    stored, _ = read_header(weights)
+    lora: dict[str, dict[str, TensorInfo]] = {}
+    embedding_lora: set[str] = set()
+    full: dict[str, TensorInfo] = {}
+    for key, t in stored.items():
+        name = key.removeprefix(_PEFT_PREFIX)
+        m = _LORA_KEY.match(name)
+        if m:
+            lora.setdefault(m["mod"], {})[m["ab"]] = t
+            if m["emb"]:
+                embedding_lora.add(m["mod"])
+        elif "lora_" in name:
+            raise LayraError(f"{adapter}: tensor {key} is not a LoRA factor layra understands")
+        else:
+            full[name] = t  # modules_to_save: trained values under the HF parameter name
+    embed, head = f"{src.arch.embed_name}.weight", f"{src.arch.head_name}.weight"
+    if src.arch.tied and head in full:
+        # ensure_weight_tying saves the shared tensor under both names; keep one.
+        if embed in full and not torch.equal(read_rows(full[embed]), read_rows(full[head])):
+            raise LayraError(
+                f"{adapter}: the model ties embedding and LM head but the adapter trained them "
+                "apart (modules_to_save without ensure_weight_tying=True)"
+            )
+        full.setdefault(embed, full[head])
+        del full[head]
+    entries, factors = [], {}
+    for mod, ab in sorted(lora.items()):
+        if set(ab) != {"A", "B"}:
+            raise LayraError(f"{adapter}: {mod} has lora_{'A' if 'A' not in ab else 'B'} missing")
+        name = f"{mod}.weight"
+        if name not in src.shapes:
+            raise LayraError(f"{adapter}: adapted module {mod} is not in the base model")
+        r, scale = _lora_scale(cfg, mod)
+        A, B = read_rows(ab["A"]), read_rows(ab["B"])
+        if mod in embedding_lora or cfg.get("fan_in_fan_out"):
+            # Δ = s·(B@A)ᵀ = s·Aᵀ@Bᵀ: swap and transpose the factors.
+            A, B = B.t().contiguous(), A.t().contiguous()
+        if A.shape[0] != r or (B.shape[0], A.shape[1]) != src.shapes[name]:
+            raise LayraError(f"{adapter}: LoRA factors of {mod} do not fit the base model")
+        if name in full:
+            raise LayraError(f"{adapter}: {mod} is both LoRA-adapted and fully trained")
+        factors[name] = (A, B, scale)
+        entries.append(Entry(name, "lowrank", src.shapes[name], r, scale))
+    for name, t in full.items():
+        if name not in src.shapes:
+            raise LayraError(f"{adapter}: trained tensor {name} is not in the base model")
+        if t.shape != src.shapes[name]:
+            raise LayraError(
+                f"{adapter}: {name} has shape {list(t.shape)}, the base model "
+                f"{list(src.shapes[name])} (vocabulary resized?)"
+            )
+        entries.append(Entry(name, "dense", t.shape))
+    with VectorWriter(out, [k for e in entries for k in planned_keys(e)]) as w:
+        for name, (A, B, scale) in factors.items():
+            w.lowrank(name, A, B, scale)
+        for name, t in full.items():
+            _dense_diff(w, name, t.shape, _reader(t), _base_reader(src, name), _aliases(src, name))
+        return w.finish(manifest)
+
+
+def _from_trained(trained: Path, src: Source, out: Path, manifest: dict) -> dict[str, Any]:
+    stored, _ = read_header(trained)
+    for name, t in stored.items():
+        if name not in src.shapes:
+            raise LayraError(f"{trained}: tensor {name} is not in the base model")
+        if t.shape != src.shapes[name]:
+            raise LayraError(
+                f"{trained}: {name} has shape {list(t.shape)}, the base model "
+                f"{list(src.shapes[name])}"
+            )
+    with VectorWriter(out, [(n, FP32, t.shape) for n, t in stored.items()]) as w:
+        for name, t in stored.items():
+            _dense_diff(w, name, t.shape, _reader(t), _base_reader(src, name), _aliases(src, name))
+        return w.finish(manifest)
+
+
+# --- from two checkpoints --------------------------------------------------------------
+
+
+def diff_models(
+    start: str | Path,
+    trained: str | Path,
+    out: str | Path,
+    *,
+    languages: list[str] | None = None,
+    method: str = "diff",
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write ``trained − start`` (tensors that changed only) as a vector; return its manifest.
+
+    Both models must have the same architecture, tokenizer and tensor names.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise LayraError(f"output {out} already exists (pass --overwrite to replace it)")
+    a, b = open_model(str(start)), open_model(str(trained))
+    missing = sorted(set(a.shapes) ^ set(b.shapes))
+    if missing:
+        raise LayraError(f"{start} and {trained} differ in tensors (e.g. {missing[0]})")
+    for name, shape in a.shapes.items():
+        if b.shapes[name] != shape:
+            raise LayraError(
+                f"shape mismatch for {name}: {start} has {list(shape)}, {trained} "
+                f"{list(b.shapes[name])} (vocabulary resized?)"
+            )
+    fa, fb = a.fingerprint(), b.fingerprint()
+    if fa["arch"] != fb["arch"]:
+        raise LayraError(f"{start} and {trained} differ in architecture or tokenizer")
+    source = {
+        "kind": "diff",
+        "start": str(start),
+        "trained": str(trained),
+        "trained_fingerprint": fb,
+    }
+    manifest = _manifest(a, fa, method, languages, source)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        with VectorWriter(tmp, [(n, FP32, s) for n, s in a.shapes.items()]) as w:
+            for name, shape in a.shapes.items():
+                if not a.dtypes[name].is_floating_point:
+                    continue
+                _dense_diff(
+                    w, name, shape, _base_reader(b, name), _base_reader(a, name), _aliases(a, name)
+                )
+            return w.finish(manifest)

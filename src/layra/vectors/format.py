@@ -1,0 +1,251 @@
+"""The language-vector directory: ``manifest.json`` plus ``delta.safetensors``.
+
+    VEC/manifest.json       format, start-model fingerprint, method, languages, source,
+                            per-tensor entries (see docs/vectors.md)
+    VEC/delta.safetensors   dense deltas under the parameter name; low-rank factors
+                            under ``NAME::A`` (r, in) and ``NAME::B`` (out, r)
+
+A tied embedding / LM head is one entry (under the embedding's name) whose
+``aliases`` list the head: stored once, applied once to a tied model and to
+both tensors of an untied one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from layra.atomic import atomic_write_json
+from layra.errors import LayraError
+from layra.vectors.arithmetic import FP32, lowrank_rows, require_finite
+from layra.vectors.shards import StreamWriter, TensorInfo, read_header, read_rows
+
+FORMAT = "layra-vector"
+VERSION = 1
+MANIFEST = "manifest.json"
+DELTA_FILE = "delta.safetensors"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One weight's delta: ``dense`` or ``lowrank`` (``scale · B @ A``, rank ``rank``)."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    rank: int = 0
+    scale: float = 1.0
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The tensor keys of this entry in ``delta.safetensors``."""
+        return (self.name,) if self.kind == "dense" else (f"{self.name}::A", f"{self.name}::B")
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": self.kind, "shape": list(self.shape)}
+        if self.kind == "lowrank":
+            d.update(rank=self.rank, scale=self.scale)
+        if self.aliases:
+            d["aliases"] = list(self.aliases)
+        return d
+
+    @classmethod
+    def from_json(cls, name: str, d: dict[str, Any]) -> Entry:
+        return cls(
+            name=name,
+            kind=d["kind"],
+            shape=tuple(int(s) for s in d["shape"]),
+            rank=int(d.get("rank", 0)),
+            scale=float(d.get("scale", 1.0)),
+            aliases=tuple(d.get("aliases", ())),
+        )
+
+
+@dataclass
+class Vector:
+    """A loaded vector: the manifest and where each stored tensor is (values read lazily)."""
+
+    path: Path
+    manifest: dict[str, Any]
+    entries: dict[str, Entry]
+    stored: dict[str, TensorInfo] = field(repr=False)
+
+    @property
+    def start(self) -> dict[str, str]:
+        return self.manifest["start"]
+
+    @property
+    def label(self) -> str:
+        return str(self.path)
+
+    def factors(self, e: Entry) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, B)`` of a low-rank entry, as stored; refuses NaN/inf."""
+        A, B = (read_rows(self.stored[k]) for k in e.keys)
+        require_finite(A, f"vector {self.label}: {e.name} (A)")
+        require_finite(B, f"vector {self.label}: {e.name} (B)")
+        return A, B
+
+    def delta_rows(
+        self, e: Entry, start: int = 0, stop: int | None = None, A=None, B=None, check=True
+    ) -> torch.Tensor:
+        """Rows ``start:stop`` of an entry's delta in float32 (low-rank materialised here).
+
+        Pass ``A``/``B`` from :meth:`factors` to avoid re-reading them block by block;
+        ``check=False`` skips the NaN/inf check of dense rows (for callers that check
+        their result instead).
+        """
+        if e.kind == "dense":
+            d = read_rows(self.stored[e.name], start, stop).to(FP32)
+            if check:
+                require_finite(d, f"vector {self.label}: {e.name}")
+            return d
+        if A is None or B is None:
+            A, B = self.factors(e)
+        return lowrank_rows(A, B, e.scale, start, stop)
+
+
+def load_vector(path: str | Path) -> Vector:
+    """Open a vector directory and check its manifest against its tensor file.
+
+    Raises :class:`LayraError` for a missing or foreign manifest, a missing
+    tensor, a shape that does not fit the entry or a non-float tensor. Values
+    are read (and checked for NaN/inf) only when used.
+    """
+    path = Path(path)
+    mf = path / MANIFEST
+    if not mf.is_file():
+        raise LayraError(f"{path} is not a language vector (no {MANIFEST})")
+    try:
+        manifest = json.loads(mf.read_text())
+    except json.JSONDecodeError as e:
+        raise LayraError(f"{mf} is not valid JSON ({e})") from e
+    if manifest.get("format") != FORMAT:
+        raise LayraError(f"{mf} is not a layra vector manifest")
+    if manifest.get("version") != VERSION:
+        raise LayraError(
+            f"{path}: vector format version {manifest.get('version')} is not supported"
+        )
+    stored: dict[str, TensorInfo] = {}
+    for fname in manifest.get("files", [DELTA_FILE]):
+        f = path / fname
+        if not f.is_file():
+            raise LayraError(f"{path}: tensor file {fname} is missing")
+        stored.update(read_header(f)[0])
+    entries = {n: Entry.from_json(n, d) for n, d in manifest["tensors"].items()}
+    for e in entries.values():
+        _check_entry(path, e, stored)
+    return Vector(path, manifest, entries, stored)
+
+
+def _check_entry(path: Path, e: Entry, stored: dict[str, TensorInfo]) -> None:
+    for k in e.keys:
+        if k not in stored:
+            raise LayraError(f"vector {path}: tensor {k} is missing from its files")
+        if not stored[k].dtype.is_floating_point:
+            raise LayraError(f"vector {path}: tensor {k} has dtype {stored[k].dtype}, not a float")
+    if e.kind == "dense":
+        got = stored[e.name].shape
+        if got != e.shape:
+            raise LayraError(
+                f"vector {path}: {e.name} is stored with shape {got}, manifest says {e.shape}"
+            )
+    elif e.kind == "lowrank":
+        a, b = (stored[k].shape for k in e.keys)
+        if len(e.shape) != 2 or a != (e.rank, e.shape[1]) or b != (e.shape[0], e.rank):
+            raise LayraError(f"vector {path}: factors of {e.name} do not fit its shape {e.shape}")
+    else:
+        raise LayraError(f"vector {path}: {e.name} has unknown kind {e.kind!r}")
+
+
+def parse_spec(spec: str, default: float | None = 1.0) -> tuple[str, float | None]:
+    """``"path:λ"`` → ``(path, λ)``; a bare path gets ``default``."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and head:
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass  # a path that merely contains a colon
+    return spec, default
+
+
+class VectorWriter:
+    """Write a vector directory's tensors one by one, then its manifest.
+
+    ``planned`` lists every tensor key that may be written (with dtype and
+    shape) so the file can be streamed; entries may still be dropped (e.g. a
+    dense delta that turns out to be all zero) with :meth:`drop_dense`.
+    """
+
+    def __init__(self, out_dir: Path, planned: list[tuple[str, torch.dtype, tuple[int, ...]]]):
+        self.dir = Path(out_dir)
+        self.entries: dict[str, Entry] = {}
+        self._w = StreamWriter(self.dir / DELTA_FILE, planned, {"format": "pt"})
+        self._done = False
+
+    def lowrank(
+        self, name: str, A: torch.Tensor, B: torch.Tensor, scale: float, aliases=()
+    ) -> None:
+        e = Entry(
+            name, "lowrank", (B.shape[0], A.shape[1]), A.shape[0], float(scale), tuple(aliases)
+        )
+        require_finite(A, f"{name} (A)")
+        require_finite(B, f"{name} (B)")
+        # Factors are stored in float32: lossless for bf16/fp16 adapters too.
+        self._w.add(e.keys[0], A.to(FP32).contiguous())
+        self._w.add(e.keys[1], B.to(FP32).contiguous())
+        self.entries[name] = e
+
+    def begin_dense(self, name: str, shape: tuple[int, ...], aliases=(), dtype=FP32) -> None:
+        """Start a dense delta; its rows follow through :meth:`write_rows`."""
+        self._w.begin(name, dtype, tuple(shape))
+        self.entries[name] = Entry(name, "dense", tuple(shape), aliases=tuple(aliases))
+        self._dtype = dtype
+
+    def write_rows(self, rows: torch.Tensor) -> None:
+        require_finite(rows, next(reversed(self.entries)))
+        self._w.write(rows.to(self._dtype))
+
+    def drop_dense(self) -> None:
+        """Forget the dense delta begun last."""
+        self._w.discard()
+        self.entries.pop(next(reversed(self.entries)))
+
+    def dense(self, name: str, delta: torch.Tensor, aliases=(), dtype=FP32) -> None:
+        self.begin_dense(name, tuple(delta.shape), aliases, dtype)
+        self.write_rows(delta)
+
+    def finish(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Close the tensor file and write the manifest (``tensors``/``files`` filled in)."""
+        self._done = True
+        self._w.close()
+        full = {"format": FORMAT, "version": VERSION, **manifest}
+        full["files"] = [DELTA_FILE]
+        full["tensors"] = {n: e.to_json() for n, e in sorted(self.entries.items())}
+        atomic_write_json(self.dir / MANIFEST, full)
+        return full
+
+    def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            self._w.abort()
+
+    def __enter__(self) -> VectorWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()  # the caller's atomic_dir removes the half-written directory
+
+
+def planned_keys(
+    e: Entry, dtype: torch.dtype = FP32
+) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+    """The ``(key, dtype, shape)`` triples an entry occupies in a tensor file."""
+    if e.kind == "dense":
+        return [(e.name, dtype, e.shape)]
+    return [(e.keys[0], dtype, (e.rank, e.shape[1])), (e.keys[1], dtype, (e.shape[0], e.rank))]
