@@ -110,6 +110,22 @@ def build_files_corpus(
         raw[lang] = read_documents(texts)
         if not raw[lang]:
             raise LayraError(f"no text for {lang} in {', '.join(paths)} (empty file?)")
+    return finish_one_source(
+        out, source, raw, request, min_words, heldout_fraction, seed, overwrite
+    )
+
+
+def finish_one_source(
+    out: Path,
+    source: str,
+    raw: dict[str, list[Document]],
+    request: dict,
+    min_words: int,
+    heldout_fraction: float,
+    seed: int,
+    overwrite: bool,
+) -> Path:
+    """Clean, split and write a corpus of one source (no English reference to align with)."""
     cleaned, dropped = clean_languages(raw, reference=None, min_words=min_words, one_line=False)
     write_corpus(
         out,

@@ -15,10 +15,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from layra.corpus.clean import clean_languages
-from layra.corpus.files import read_documents
+from layra.corpus.files import finish_one_source, read_documents
 from layra.corpus.langs import check_lang_code
-from layra.corpus.output import reuse_existing, summary_lines, write_corpus
+from layra.corpus.output import reuse_existing
 from layra.corpus.split import check_fraction
 from layra.errors import LayraError
 
@@ -133,18 +132,6 @@ def build_hf_corpus(
     docs = read_documents(tqdm(texts, desc=f"{dataset} rows", unit="doc", total=max_docs))
     if not docs:
         raise LayraError(f"dataset {dataset} gave no text in field {field!r}")
-    cleaned, dropped = clean_languages(
-        {lang: docs}, reference=None, min_words=min_words, one_line=False
+    return finish_one_source(
+        out, source, {lang: docs}, request, min_words, heldout_fraction, seed, overwrite
     )
-    write_corpus(
-        out,
-        {source: cleaned},
-        request,
-        heldout_fraction=heldout_fraction,
-        seed=seed,
-        dropped={source: dropped},
-        overwrite=overwrite,
-    )
-    print("\n".join(summary_lines(out)))
-    print(f"wrote {out}")
-    return out
