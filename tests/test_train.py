@@ -240,3 +240,11 @@ def test_chunked_loss_equals_plain_loss_and_grads():
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
         for n, p in m.named_parameters():
             torch.testing.assert_close(p.grad, gref[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_tensorboard_tracker_logs_when_asked(model_dirs, corpus_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    cfg = run_cfg(model_dirs["llama"], corpus_dir / "gl.txt", tmp_path / "run", "lora",
+                  ["train.max_steps=2", "train.trackers=tensorboard"])  # fmt: skip
+    out, _ = train_model(cfg, progress=False)
+    assert list(out.rglob("events.out.tfevents.*"))

@@ -24,56 +24,92 @@ def _compute_dtype(device_type: str) -> torch.dtype | None:
     return None
 
 
+def _row_block(vocab: int) -> int:
+    # Rows per fp32 softmax block: ~32 MiB of scratch, whatever the vocabulary.
+    return max(1, (1 << 23) // vocab)
+
+
 class ChunkedLinearCE(torch.autograd.Function):
-    """mean_i CE(softcap(h_i Wᵀ), y_i) over rows with y_i != -100, chunked over rows."""
+    """mean_i CE(softcap(h_i Wᵀ), y_i) over rows with y_i != -100, chunked over rows.
+
+    Forward computes the loss and both gradients; backward only scales them. Per
+    chunk of ``chunk`` rows it holds the logits once, in the compute dtype (bf16
+    under autocast), and turns them *in place* into d(loss)/d(logits); the fp32
+    softmax runs over small row blocks. The softmax and the gradient are rounded to
+    the compute dtype once, as autocast's plain path rounds them.
+
+    Costs that dominate on a CPU with a 262k vocabulary, and how they are kept down:
+    the gradient of the head, ``gᵀh``, writes a vocab×hidden matrix per chunk, so
+    a micro-batch that fits in one chunk computes it once and keeps it in the
+    compute dtype until backward (half the memory of an fp32 buffer); the 1/count
+    scale is applied to the small outputs, not to the logits.
+    """
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk: int, softcap: float | None, cdtype):
         n, _ = hidden.shape
+        vocab = weight.shape[0]
         valid = targets != -100
-        count = int(valid.sum())
-        grad_h = torch.zeros_like(hidden)
-        need_w = weight.requires_grad
-        grad_w = (
-            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        )
-        w = weight if cdtype is None else weight.to(cdtype)
+        count = max(int(valid.sum()), 1)
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        cd = cdtype or weight.dtype
+        w = weight if weight.dtype == cd else weight.to(cd)
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        block = _row_block(vocab)
         for s in range(0, n, chunk):
-            h = hidden[s : s + chunk]
+            hc = hidden[s : s + chunk].to(cd)
             y = targets[s : s + chunk]
-            hc = h if cdtype is None else h.to(cdtype)
-            z = (hc @ w.t()).float()
-            if softcap:
-                t = torch.tanh(z / softcap)
-                logits = t * softcap
-            else:
-                logits = z
-            lse = torch.logsumexp(logits, dim=-1)
-            ok = y != -100
-            y0 = y.clamp_min(0)
-            picked = logits.gather(1, y0[:, None]).squeeze(1)
-            total += ((lse - picked) * ok).sum()
-            # d(mean CE)/d(logits) = (softmax - onehot) / count, rows with y = -100 zeroed.
-            g = torch.exp(logits - lse[:, None])
-            g[torch.arange(len(y), device=g.device), y0] -= 1.0
-            g *= (ok.float() / max(count, 1))[:, None]
-            if softcap:
-                g *= 1.0 - t * t
-            gc = g if cdtype is None else g.to(cdtype)
-            grad_h[s : s + chunk] = (gc @ w).to(hidden.dtype)
+            z = hc @ w.t()  # (rows, vocab); becomes the logits' gradient in place
+            for r in range(0, len(y), block):
+                zs, ys = z[r : r + block], y[r : r + block]
+                logits = zs.float()
+                if softcap:
+                    t = logits.div_(softcap).tanh_()
+                    logits = t * softcap
+                logp = torch.log_softmax(logits, dim=-1)
+                del logits
+                ok = ys != -100
+                y0 = ys.clamp_min(0)
+                total += (logp.gather(1, y0[:, None]).squeeze(1) * ok).sum().neg()
+                # d CE / d logits = softmax - onehot; rows with y = -100 get no gradient.
+                g = logp.exp_()
+                g[torch.arange(len(ys), device=g.device), y0] -= 1.0
+                g[~ok] = 0.0
+                if softcap:
+                    g *= t.square_().neg_().add_(1.0)
+                zs.copy_(g)
+                del logp, g
+            if need_h:
+                grad_h[s : s + chunk] = (z @ w).to(hidden.dtype)
             if need_w:
-                grad_w += (gc.t() @ hc).float()
-        ctx.save_for_backward(grad_h, grad_w if need_w else torch.empty(0))
-        ctx.need_w = need_w
+                gw = z.t() @ hc
+                if grad_w is None:
+                    grad_w = gw if s + chunk >= n else gw.float()
+                else:
+                    grad_w.add_(gw)  # fp32 accumulation across chunks
+            del z
+        inv = 1.0 / count
+        if need_h:
+            grad_h.mul_(inv)
+        ctx.save_for_backward(
+            grad_h if need_h else torch.empty(0), grad_w if need_w else torch.empty(0)
+        )
+        ctx.inv = inv
         ctx.weight_dtype = weight.dtype
-        return total / max(count, 1)
+        return total * inv
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
-        gh = grad_h * grad_out.to(grad_h.dtype)
-        gw = (grad_w * grad_out).to(ctx.weight_dtype) if ctx.need_w else None
+        gh = gw = None
+        if ctx.needs_input_grad[0]:
+            gh = grad_h * grad_out.to(grad_h.dtype)
+        if ctx.needs_input_grad[1]:
+            # The buffer is ours and backward runs once: scale it in place, no second copy.
+            gw = grad_w.to(ctx.weight_dtype).mul_(grad_out.float() * ctx.inv)
         return gh, gw, None, None, None, None
 
 

@@ -38,6 +38,28 @@ def set_seed(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def _trackers(spec: str) -> list[str]:
+    """accelerate tracker names for ``train.trackers`` (see TrainConfig)."""
+    import importlib.util
+
+    if spec == "none":
+        return []
+    if spec == "auto":
+        return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
+    return [x.strip() for x in spec.split(",") if x.strip()]
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> flat scalars (trackers take only scalars as hyper-parameters)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, int | float | str | bool) else str(v)
+    return out
+
+
 def model_depth(cfg: RunConfig) -> int:
     """Number of decoder layers, from the config alone (no weights loaded)."""
     from transformers import AutoConfig
@@ -57,17 +79,33 @@ def model_depth(cfg: RunConfig) -> int:
     return int(mc.num_hidden_layers)
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def _param_groups(model: torch.nn.Module, weight_decay: float, lr: float) -> list[dict[str, Any]]:
     # The usual convention (HF Trainer, nanoGPT): no decay on biases and norm weights.
-    decay, no_decay = [], []
+    # A tensor may carry its own settings (layra.embeddings: lowlr scales the lr, rows
+    # turns decay off); each distinct (decay, lr scale) is one group.
+    from layra.embeddings import OPTIM_ATTR
+
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {(weight_decay, 1.0): []}
     for name, p in model.named_parameters(remove_duplicate=True):
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+        own = getattr(p, OPTIM_ATTR, {})
+        wd = own.get("weight_decay", 0.0 if p.ndim < 2 or "norm" in name else weight_decay)
+        groups.setdefault((wd, own.get("lr_scale", 1.0)), []).append(p)
+    return [
+        {"params": ps, "weight_decay": wd, "lr": lr * scale}
+        for i, ((wd, scale), ps) in enumerate(groups.items())
+        if ps or i == 0
+    ]
+
+
+def _fused_adamw_ok(model: torch.nn.Module) -> bool:
+    """Fused AdamW needs floating-point parameters on a device that has the kernel."""
+    return all(
+        p.is_floating_point() and p.device.type in ("cpu", "cuda")
+        for p in model.parameters()
+        if p.requires_grad
+    )
 
 
 def _schedule(optimizer, kind: str, warmup_steps: int, total_steps: int):
@@ -170,7 +208,15 @@ def train_model(
     if t.device == "cuda" and not torch.cuda.is_available():
         raise LayraError("train.device=cuda but no CUDA device is available")
     mp = "bf16" if t.precision == "bf16" else "no"
-    acc = Accelerator(mixed_precision=mp, cpu=cpu)
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one process-wide state; a second run in the same process (tests,
+    # sweeps, the demo) with another precision must not inherit the first one's.
+    AcceleratorState._reset_state()
+    trackers = _trackers(t.trackers)
+    acc = Accelerator(mixed_precision=mp, cpu=cpu, log_with=trackers or None, project_dir=str(out))
+    if trackers:
+        acc.init_trackers("layra", config=_flat(to_dict(cfg)))
     say = acc.print if progress else (lambda *a, **k: None)
     set_seed(t.seed)
 
@@ -190,6 +236,10 @@ def train_model(
             f"{s['heldout_documents']} held-out documents"
         )
 
+    from layra.embeddings import select_rows
+
+    rows = select_rows(cfg.method, tok, packed.blocks, say)  # None unless method.embeddings=rows
+
     if acc.is_main_process:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         atomic_write_json(
@@ -206,7 +256,9 @@ def train_model(
         with_tokenizer=False,
     )
     base_fp = model_fingerprint(model, tok)
-    model, plan = prepare_model(model, cfg.method)
+    # LoRA's initialisation depends on the seed alone, not on what ran before (data cached or not).
+    set_seed(t.seed)
+    model, plan = prepare_model(model, cfg.method, rows=rows.ids if rows else None)
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     say(trainable_summary(model, plan))
@@ -226,8 +278,14 @@ def train_model(
     warmup = math.ceil(t.warmup * total_steps)
 
     loss_model = LossModule(model, t.loss_chunk)
+    # fused: one pass over each tensor instead of ~10 (the CPU default is a per-op loop); it
+    # matters for the 262k x 640 embedding Gemma trains. HF Trainer's default is fused too.
     optimizer = torch.optim.AdamW(
-        _param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas), eps=t.eps
+        _param_groups(model, t.weight_decay, t.lr),
+        lr=t.lr,
+        betas=tuple(t.betas),
+        eps=t.eps,
+        fused=_fused_adamw_ok(model),
     )
     scheduler = _schedule(optimizer, t.schedule, warmup, total_steps)
     loss_model, optimizer = acc.prepare(loss_model, optimizer)
@@ -316,6 +374,11 @@ def train_model(
             elapsed = time.perf_counter() - t0
             tps = (tokens_seen - tok0) / elapsed if elapsed > 0 else 0.0
             if (step + 1) % t.log_every == 0 or step + 1 == total_steps:
+                if trackers:
+                    acc.log(
+                        {"loss": loss_val, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tps},
+                        step=step + 1,
+                    )
                 log.write(
                     {
                         "step": step + 1,
@@ -339,6 +402,10 @@ def train_model(
     finally:
         bar.close()
         log.close()
+        # Not acc.end_training(): it also destroys the process group, and a multi-process
+        # run still needs it below (wait_for_everyone).
+        for tracker in acc.trackers:
+            tracker.finish()
     elapsed = time.perf_counter() - t0
     check_finite(total_steps)
 
