@@ -9,7 +9,13 @@ from layra.config import load_config
 from layra.errors import LayraError
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.name != "base.yaml")
+SHIPPED = sorted(
+    p
+    for p in (ROOT / "configs").rglob("*.yaml")
+    # Sweep and accelerate configs are not run configs: test_sweep.py and
+    # test_distributed.py load those.
+    if p.name != "base.yaml" and p.relative_to(ROOT).parts[1] not in ("sweeps", "accelerate")
+)
 BASE = ["model.name_or_path=m", "data.sources=[{path: x.txt, lang: glg}]"]
 
 
@@ -131,3 +137,23 @@ def test_dry_run_prints_plan(model_dirs, capsys):
     )
     assert rc == 0
     assert "'lora_layers': [0, 3]" in capsys.readouterr().out
+
+
+def test_k_m_auto_comes_from_a_lens_profile(tmp_path):
+    import json
+
+    from layra.methods import plan_method
+
+    glg = [0.5, 0.4, 0.3, 0.1, 0.05, 0.05, 0.1, 0.35, 0.5]  # general from layer 3 to 6 of 8
+    profile = {
+        "format": "layra-lens-profile", "num_layers": 8, "english": "eng", "languages": ["eng", "glg"],
+        "own_mass": {"eng": [0.9] * 9, "glg": glg}, "english_mass": {"eng": [0.9] * 9, "glg": [0.1] * 9},
+    }  # fmt: skip
+    path = tmp_path / "lens.json"
+    path.write_text(json.dumps(profile))
+    cfg = load_config(
+        None, BASE + ["method.k=auto", "method.m=auto", f"method.lens_profile={path}"]
+    )
+    plan = plan_method(cfg.method, 8)
+    assert (plan.k, plan.m, plan.lora_layers) == (3, 2, [0, 1, 2, 6, 7])
+    assert plan.k_m_source == f"lens:{path}"

@@ -30,6 +30,34 @@ class ModelConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One training text source. ``path`` is a file, a directory of files, or a hub dataset."""
+
+    path: str = ""
+    lang: str = ""
+    format: Literal["auto", "txt", "jsonl", "parquet", "hf"] = "auto"
+    field: str = "text"  # jsonl / parquet / hub column holding the document
+    config: str | None = None  # hub dataset config, e.g. glg_Latn for FineWeb 2
+    split: str = "train"
+    weight: float | None = None  # share of the token budget when data.mix = weights
+
+
+@dataclass
+class RowsConfig:
+    """Which embedding / head rows ``method.embeddings: rows`` trains (layra.embeddings).
+
+    Token t is chosen iff it occurs at least ``min_count`` times in the training
+    blocks and its relative frequency there is at least ``ratio`` times its relative
+    frequency in every reference text (text in the model's old languages).
+    """
+
+    reference: list[SourceConfig] = field(default_factory=list)
+    ratio: float = 5.0
+    min_count: int = 3
+    max_reference_tokens: int | None = 2_000_000  # per reference language; None = all
+
+
+@dataclass
 class MethodConfig:
     name: Literal["full", "layer-selective", "lora", "layra"] = "layra"
     # First k and last m decoder layers: an int is a count, a float in (0, 1) a
@@ -44,20 +72,14 @@ class MethodConfig:
     alpha: float = 16.0
     dropout: float = 0.05
     target_modules: list[str] | None = None  # None: every linear of a block (q,k,v,o,gate,up,down)
-    train_embeddings: bool = True  # input embeddings and LM head (layer-selective, layra)
-
-
-@dataclass
-class SourceConfig:
-    """One training text source. ``path`` is a file, a directory of files, or a hub dataset."""
-
-    path: str = ""
-    lang: str = ""
-    format: Literal["auto", "txt", "jsonl", "parquet", "hf"] = "auto"
-    field: str = "text"  # jsonl / parquet / hub column holding the document
-    config: str | None = None  # hub dataset config, e.g. glg_Latn for FineWeb 2
-    split: str = "train"
-    weight: float | None = None  # share of the token budget when data.mix = weights
+    # How layer-selective / layra train the input embeddings and LM head (docs/sweep.md):
+    # full (the paper), frozen, lowlr (lr x embeddings_lr_scale) or rows (only the rows of
+    # tokens frequent in the training text and rare in embedding_rows.reference). None: full,
+    # or frozen when the legacy switch train_embeddings is false.
+    embeddings: Literal["full", "frozen", "lowlr", "rows"] | None = None
+    embeddings_lr_scale: float = 0.1  # lowlr: embedding / head learning rate = train.lr x this
+    embedding_rows: RowsConfig = field(default_factory=RowsConfig)
+    train_embeddings: bool = True  # legacy: false means embeddings: frozen
 
 
 @dataclass
@@ -92,6 +114,9 @@ class TrainConfig:
     save_every: int = 0  # checkpoint every N steps (0: only at the end of training)
     keep_checkpoints: int = 2
     log_every: int = 1
+    # accelerate trackers: "auto" logs to TensorBoard when it is installed, "none" to none,
+    # or a comma list of accelerate tracker names (tensorboard, wandb, mlflow, ...).
+    trackers: str = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -298,6 +323,7 @@ def validate(cfg: RunConfig) -> None:
         raise LayraError(
             f"method.k / method.m do not apply to method {m.name} (it trains every layer)"
         )
+    _validate_embeddings(m)
     if t.lr <= 0:
         raise LayraError(f"train.lr must be positive, got {t.lr}")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
@@ -327,4 +353,57 @@ def validate(cfg: RunConfig) -> None:
     if d.max_tokens is not None and d.max_tokens < d.seq_len:
         raise LayraError(
             f"data.max_tokens ({d.max_tokens}) is below one sequence (data.seq_len={d.seq_len})"
+        )
+
+
+def embedding_treatment(m: MethodConfig) -> str:
+    """How ``m`` trains the embeddings and LM head: full, frozen, lowlr or rows.
+
+    ``full`` for method full (every parameter trains), ``frozen`` for lora.
+    """
+    if m.name == "full":
+        return "full"
+    if m.name == "lora":
+        return "frozen"
+    return m.embeddings or ("full" if m.train_embeddings else "frozen")
+
+
+def _validate_embeddings(m: MethodConfig) -> None:
+    if m.embeddings is not None and m.name in ("full", "lora"):
+        raise LayraError(
+            f"method.embeddings applies to layer-selective and layra, not to method {m.name} "
+            f"({'it trains every parameter' if m.name == 'full' else 'it trains no embeddings'})"
+        )
+    if not m.train_embeddings and m.embeddings not in (None, "frozen"):
+        raise LayraError(
+            f"method.train_embeddings=false contradicts method.embeddings={m.embeddings}; "
+            "drop train_embeddings (the legacy switch) and set method.embeddings only"
+        )
+    if not m.embeddings_lr_scale > 0:
+        raise LayraError(
+            f"method.embeddings_lr_scale must be positive, got {m.embeddings_lr_scale}"
+        )
+    if embedding_treatment(m) != "rows":
+        return
+    rows = m.embedding_rows
+    if not rows.reference:
+        raise LayraError(
+            "method.embeddings=rows needs method.embedding_rows.reference: text in the model's "
+            "old languages, e.g. [{path: data/eng.txt, lang: eng}]"
+        )
+    for i, s in enumerate(rows.reference):
+        if not s.path:
+            raise LayraError(f"method.embedding_rows.reference[{i}].path is required")
+        if not s.lang:
+            raise LayraError(f"method.embedding_rows.reference[{i}].lang is required (e.g. eng)")
+    if not rows.ratio > 1:
+        raise LayraError(f"method.embedding_rows.ratio must be greater than 1, got {rows.ratio}")
+    if rows.min_count < 1:
+        raise LayraError(
+            f"method.embedding_rows.min_count must be at least 1, got {rows.min_count}"
+        )
+    if rows.max_reference_tokens is not None and rows.max_reference_tokens < 1:
+        raise LayraError(
+            "method.embedding_rows.max_reference_tokens must be positive or null, "
+            f"got {rows.max_reference_tokens}"
         )

@@ -7,19 +7,24 @@
 | lora            | LoRA on every linear of every decoder layer                           |
 | layra           | LoRA on the first k and last m decoder layers, plus embeddings and head|
 
+How layer-selective and layra train the embeddings and head is ``method.embeddings``
+(full, frozen, lowlr, rows: :mod:`layra.embeddings`).
+
     plan = plan_method(cfg.method, depth=18)      # validate without a model
     model, plan = prepare_model(model, cfg.method)  # freeze / wrap with PEFT
+    model, plan = prepare_model(model, cfg.method, rows=choice.ids)  # embeddings: rows
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from torch import nn
 
 from layra.arch import describe, unique_named_parameters, unwrap
-from layra.config import METHODS, MethodConfig
+from layra.config import METHODS, MethodConfig, embedding_treatment
 from layra.errors import LayraError
 
 # Paper defaults for k and m (Llama 3.1 8B, 32 layers): layer-selective 1/1, layra 10/2.
@@ -36,6 +41,9 @@ class MethodPlan:
     full_layers: list[int] = field(default_factory=list)
     train_embeddings: bool = False
     k_m_source: str = "config"
+    embeddings: str = "frozen"  # full | frozen | lowlr | rows (layra.embeddings)
+    embeddings_lr_scale: float | None = None  # lowlr only
+    embedding_rows: list[int] | None = None  # rows only: the token ids whose rows train
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,7 +87,9 @@ def plan_method(cfg: MethodConfig, depth: int) -> MethodPlan:
     if cfg.name not in METHODS:
         raise LayraError(f"method.name: {cfg.name!r} is not allowed; allowed: {', '.join(METHODS)}")
     if cfg.name == "full":
-        return MethodPlan("full", depth, full_layers=list(range(depth)), train_embeddings=True)
+        return MethodPlan(
+            "full", depth, full_layers=list(range(depth)), train_embeddings=True, embeddings="full"
+        )
     if cfg.name == "lora":
         return MethodPlan("lora", depth, lora_layers=list(range(depth)), train_embeddings=False)
     k, m, source = resolve_km(cfg, depth)
@@ -90,8 +100,16 @@ def plan_method(cfg: MethodConfig, depth: int) -> MethodPlan:
     if cfg.name == "layra" and k + m == 0:
         raise LayraError("method layra: k + m is 0, so no layer gets LoRA; use k >= 1 or m >= 1")
     layers = list(range(k)) + list(range(depth - m, depth))
+    treatment = embedding_treatment(cfg)
     plan = MethodPlan(
-        cfg.name, depth, k, m, train_embeddings=cfg.train_embeddings, k_m_source=source
+        cfg.name,
+        depth,
+        k,
+        m,
+        train_embeddings=treatment != "frozen",
+        k_m_source=source,
+        embeddings=treatment,
+        embeddings_lr_scale=cfg.embeddings_lr_scale if treatment == "lowlr" else None,
     )
     if cfg.name == "layra":
         plan.lora_layers = layers
@@ -127,15 +145,26 @@ def lora_config(cfg: MethodConfig, plan: MethodPlan, model: nn.Module):
     )
 
 
-def prepare_model(model: nn.Module, cfg: MethodConfig) -> tuple[nn.Module, MethodPlan]:
+def prepare_model(
+    model: nn.Module, cfg: MethodConfig, rows: Sequence[int] | None = None
+) -> tuple[nn.Module, MethodPlan]:
     """Freeze / wrap ``model`` so exactly the method's parameters train.
 
     Returns the model to train (a PEFT model for lora / layra) and its plan.
-    Checks afterwards that adapters landed on exactly the planned layers and that
-    tied embeddings are still one tensor.
+    ``rows`` are the embedding / head rows that train under ``method.embeddings:
+    rows`` (:func:`layra.embeddings.select_rows`). Checks afterwards that adapters
+    landed on exactly the planned layers and that tied embeddings are still one tensor.
     """
+    from layra.embeddings import apply_treatment
+
     arch = describe(model)
     plan = plan_method(cfg, arch.num_layers)
+    if plan.embeddings == "rows":
+        if rows is None:
+            raise LayraError(
+                "method.embeddings=rows needs the row set (layra.embeddings.select_rows)"
+            )
+        plan.embedding_rows = sorted({int(r) for r in rows})
     if plan.method in ("lora", "layra"):
         from peft import get_peft_model
 
@@ -159,6 +188,10 @@ def prepare_model(model: nn.Module, cfg: MethodConfig) -> tuple[nn.Module, Metho
     hf = unwrap(model)
     if arch.tied and hf.get_input_embeddings().weight is not hf.get_output_embeddings().weight:
         raise LayraError("internal: tied embeddings became untied while preparing the method")
+    if plan.method in ("layer-selective", "layra"):
+        apply_treatment(
+            model, plan.embeddings, plan.embeddings_lr_scale or 1.0, plan.embedding_rows
+        )
     return model, plan
 
 
@@ -190,7 +223,15 @@ def trainable_summary(model: nn.Module, plan: MethodPlan) -> str:
         shown = [m for m in full_modules if describe(model).layer_of(m) is None]
         if shown:
             lines.append("  fully trained modules: " + ", ".join(shown))
-    if describe(model).tied:
+    if plan.method in ("layer-selective", "layra"):
+        how = {
+            "full": "every row trains",
+            "frozen": "frozen",
+            "lowlr": f"every row trains at lr x {plan.embeddings_lr_scale}",
+            "rows": f"only {len(plan.embedding_rows or []):,} rows train (no weight decay)",
+        }[plan.embeddings]
+        lines.append(f"  embeddings / LM head ({plan.embeddings}): {how}")
+    if describe(model).tied and plan.train_embeddings:
         lines.append("  input embeddings and LM head are tied: trained as one tensor")
     return "\n".join(lines)
 

@@ -72,10 +72,13 @@ def run_bpb(
     force: bool = False,
     progress: bool = True,
     say: Say = _say,
+    loaded: LoadedModel | None = None,
 ) -> list[dict[str, Any]]:
     """Bits per byte of a MODEL argument on each ``(lang, path)`` text; one record each.
 
     Returns the records (cached ones included). ``force`` recomputes cached ones.
+    ``loaded`` is the model ``model_arg`` names, already in memory (loaded with
+    ``dtype``): a sweep applies vectors to one loaded model instead of reloading it.
     """
     require(bool(texts), "no text given (--text LANG=PATH)")
     dt = _dtype_name(dtype)
@@ -84,7 +87,8 @@ def run_bpb(
     dup = sorted({x for x in langs if langs.count(x) > 1})
     require(not dup, f"language given twice: {', '.join(dup)}")
     store = ResultStore(store_dir)
-    loaded = load_spec(model_arg, dtype=dt)
+    if loaded is None:
+        loaded = load_spec(model_arg, dtype=dt)
     model = model_record(loaded, model_arg, name)
     settings = {"seq_len": seq_len, "dtype": dt}
     out = []

@@ -1,0 +1,302 @@
+"""Running a sweep: train the training points, evaluate every point, write the report.
+
+    summary = run_sweep(load_sweep("configs/sweeps/gemma3-270m-embeddings.yaml"))
+
+Layout of ``OUT`` and the skipping rule: docs/sweep.md (and the package docstring).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from layra.config import to_dict
+from layra.errors import require
+from layra.sweep.grid import (
+    UNSAFE_CHARS,
+    GridConfig,
+    Point,
+    Say,
+    SweepConfig,
+    check_plans,
+    expand,
+    short_hash,
+    validate_sweep,
+)
+
+
+class _Markers:
+    """``OUT/points/GRID/POINT.json``: a point evaluated with these settings, and its records."""
+
+    def __init__(self, out: Path, eval_identity: dict[str, Any], store):
+        self.root = out / "points"
+        self.eval_identity = eval_identity
+        self.store = store
+
+    def _path(self, p: Point) -> Path:
+        return self.root / (p.grid or "_base") / f"{p.slug}.json"
+
+    def _identity(self, p: Point, extra: dict[str, Any]) -> str:
+        return short_hash({"point": p.definition(), "eval": self.eval_identity, **extra})
+
+    def done(self, p: Point, extra: dict[str, Any]) -> list[str] | None:
+        """The point's record keys if it was evaluated like this and they are all stored."""
+        path = self._path(p)
+        if not path.is_file():
+            return None
+        try:
+            m = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+        if m.get("identity") != self._identity(p, extra):
+            return None
+        keys = m.get("records") or []
+        return keys if keys and all(self.store.get(k) is not None for k in keys) else None
+
+    def mark(self, p: Point, extra: dict[str, Any], records: list[dict[str, Any]]) -> None:
+        from layra.atomic import atomic_write_json
+
+        atomic_write_json(
+            self._path(p),
+            {
+                "name": p.name,
+                "identity": self._identity(p, extra),
+                "records": [r["key"] for r in records],
+            },
+        )
+
+
+def _file_hash(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:24] if path.is_file() else None
+
+
+def _vector_dir(path: str, out: Path, grid: str, i: int, say: Say) -> str:
+    """A vector directory for ``path``: itself, or the vector of a finished run (extracted once)."""
+    from layra.evaluation.modelspec import is_run_dir
+
+    p = Path(path).expanduser()
+    require(p.exists(), f"grid {grid}: vector {path} does not exist")
+    if not is_run_dir(p):
+        return str(p)
+    target = out / "vectors" / grid / f"{i}-{UNSAFE_CHARS.sub('_', p.name)}"
+    if not (target / "manifest.json").is_file():
+        from layra.vectors import extract_run
+
+        say(f"  vector: extracting {p} -> {target}")
+        extract_run(p, target, overwrite=target.exists())
+    return str(target)
+
+
+def run_sweep(cfg: SweepConfig, progress: bool = True, say: Say | None = None) -> dict[str, Any]:
+    """Train, evaluate and report every point of ``cfg`` (skipping finished ones).
+
+    Returns the summary also written to ``OUT/sweep.json``. Everything that can be
+    checked without weights (configs, plans, texts) is checked before any work.
+    """
+    import yaml
+
+    from layra.atomic import atomic_write_json, atomic_write_text
+    from layra.evaluation.bpb import load_text
+    from layra.evaluation.langs import normalize_lang
+    from layra.evaluation.store import ResultStore
+    from layra.provenance import provenance
+
+    say = say or (lambda msg: print(msg, flush=True))
+    validate_sweep(cfg)
+    points = expand(cfg)
+    check_plans(points)
+    out = Path(cfg.out)
+    e = cfg.eval
+    texts = [(normalize_lang(t.lang), t.path) for t in e.texts]
+    slices = [load_text(lang, path, e.max_bytes) for lang, path in texts]
+    eval_identity = {
+        "data": {s.lang: s.sha256 for s in slices},
+        **{k: v for k, v in dataclasses.asdict(e).items() if k != "texts"},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "sweep.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_json(out / "provenance.json", provenance())
+    store = ResultStore(out / "results")
+    markers = _Markers(out, eval_identity, store)
+    say(
+        f"sweep: {len(points)} points ({len(points) - 1} in {len(cfg.grids)} grids + the base) "
+        f"-> {out}"
+    )
+
+    def evaluate(p: Point, model_arg: str, extra: dict[str, Any], loaded=None) -> None:
+        from layra.evaluation.run import run_bpb
+
+        recs = run_bpb(
+            model_arg,
+            texts,
+            store.root,
+            name=p.name,
+            seq_len=e.seq_len,
+            batch_size=e.batch_size,
+            dtype=e.dtype,
+            max_bytes=e.max_bytes,
+            progress=progress,
+            say=lambda m: say(f"  {m}"),
+            loaded=loaded,
+        )
+        markers.mark(p, extra, recs)
+
+    for p in points:
+        if p.kind == "base" and not _skip(say, p, markers, {}):
+            evaluate(p, cfg.model, {})
+        elif p.kind == "train":
+            _train_point(p, progress, say)
+            # A run trained again (another run.json) is evaluated again.
+            extra = {"run": _file_hash(Path(p.run.output_dir) / "run.json")}
+            if not _skip(say, p, markers, extra):
+                evaluate(p, p.run.output_dir, extra)
+    for g in cfg.grids:
+        if g.kind == "lambda":
+            _lambda_grid(cfg, g, [p for p in points if p.grid == g.name], markers, evaluate, say)
+
+    summary = _report(cfg, points, store, out, say)
+    summary["provenance"] = provenance()
+    atomic_write_json(out / "sweep.json", summary)
+    return summary
+
+
+def _skip(say: Say, p: Point, markers: _Markers, extra: dict[str, Any]) -> bool:
+    """Say what is next; True if the point is already evaluated (so it is skipped)."""
+    if markers.done(p, extra):
+        say(f"{p.name}: evaluated before, skipped")
+        return True
+    say(f"{p.name}: evaluating")
+    return False
+
+
+def _train_point(p: Point, progress: bool, say: Say) -> None:
+    """Train a point's run unless it finished before with the same settings."""
+    import yaml
+
+    from layra.train import train
+
+    assert p.run is not None
+    run_dir = Path(p.run.output_dir)
+    if (run_dir / "run.json").is_file():
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        now = to_dict(p.run)
+        differ = [k for k in ("model", "method", "data", "train") if saved.get(k) != now.get(k)]
+        require(
+            not differ,
+            f"{p.name}: {run_dir} holds a finished run with other {', '.join(differ)} "
+            "settings; remove it or choose another sweep out",
+        )
+        say(f"{p.name}: trained before, reusing {run_dir}")
+        return
+    say(f"{p.name}: training -> {run_dir}")
+    train(p.run, resume=run_dir.exists(), progress=progress)
+
+
+def _lambda_grid(cfg, g: GridConfig, points: list[Point], markers, evaluate, say: Say) -> None:
+    """Load the grid's model once; per point add the vectors, evaluate, remove them."""
+    from layra.evaluation.modelspec import LoadedModel, is_run_dir, load_spec, parse_model_spec
+    from layra.vectors import apply_to_model, load_vector
+
+    model = g.model or cfg.model
+    require(
+        not is_run_dir(model),
+        f"grid {g.name}: model {model} is a run directory; give a model directory (e.g. "
+        "from `layra vector apply`, or a run's model/ after `layra train --merge`)",
+    )
+    out = Path(cfg.out)
+    dirs = [_vector_dir(v, out, g.name, i, say) for i, v in enumerate(g.vectors)]
+    extras = {
+        p.name: {"vectors": [_file_hash(Path(d) / "manifest.json") for d in dirs]} for p in points
+    }
+    todo = [p for p in points if not markers.done(p, extras[p.name])]
+    for p in points:
+        if p not in todo:
+            say(f"{p.name}: evaluated before, skipped")
+    if not todo:
+        return
+    say(f"grid {g.name}: loading {model} once for {len(todo)} λ points")
+    base = load_spec(model, dtype=cfg.eval.dtype)
+    vectors = [load_vector(d) for d in dirs]
+    for p in todo:
+        lams = [lam for _, lam in p.vectors]
+        spec_text = "+".join([model, *(f"{d}:{lam:g}" for d, lam in zip(dirs, lams, strict=True))])
+        say(f"{p.name}: evaluating {spec_text}" + (" (instruct)" if p.instruct else ""))
+        handle = apply_to_model(
+            base.model,
+            list(zip(vectors, lams, strict=True)),
+            tokenizer=base.tok,
+            protect_rows=p.protect_rows,
+            instruct=p.instruct,
+        )
+        try:
+            info = {
+                **base.info,
+                "vectors": [{"path": d, "lambda": lam} for d, lam in zip(dirs, lams, strict=True)],
+            }
+            if p.instruct:
+                info["instruct"] = True
+            loaded = LoadedModel(base.model, base.tok, parse_model_spec(spec_text), info, handle)
+            evaluate(p, spec_text, extras[p.name], loaded)
+        finally:
+            handle.remove()
+
+
+def _report(cfg: SweepConfig, points: list[Point], store, out: Path, say: Say) -> dict[str, Any]:
+    """The table, CSV and plots of this sweep's points; the summary of every point."""
+    from layra.atomic import atomic_write_bytes, atomic_write_text
+    from layra.evaluation.langs import normalize_lang
+    from layra.evaluation.report import build_tables, to_csv, to_markdown
+    from layra.sweep.plots import lambda_png, tradeoff_png
+
+    names = {p.name for p in points}
+    records = [r for r in store.records() if r["model"]["name"] in names and r["kind"] == "bpb"]
+    new = {None: tuple(normalize_lang(x) for x in cfg.eval.new)}
+    table = build_tables(records, base=cfg.eval.base_name, new=new)[0]
+    rows = {r.name: r for r in table.rows}
+    report = out / "report"
+    atomic_write_text(report / "README.md", to_markdown([table]))
+    atomic_write_text(report / "bpb.csv", to_csv(table))
+    plotted = [
+        {
+            "grid": p.grid,
+            "label": p.slug,
+            "learning": rows[p.name].learning,
+            "retention": rows[p.name].retention,
+            "x": p.params.get("lambda"),
+        }
+        for p in points
+        if p.kind != "base" and p.name in rows
+    ]
+    files = [report / "README.md", report / "bpb.csv", report / "tradeoff.png"]
+    atomic_write_bytes(files[-1], tradeoff_png(plotted, cfg.eval.base_name, "bits/byte"))
+    for g in cfg.grids:
+        pts = [q for q in plotted if q["grid"] == g.name and q["x"] is not None]
+        if g.kind == "lambda" and pts:
+            files.append(report / f"lambda-{g.name}.png")
+            atomic_write_bytes(files[-1], lambda_png(g.name, g.mode or "", pts, "bits/byte"))
+    say(f"report: {', '.join(str(f) for f in files)}")
+    say(to_markdown([table]))
+    return {
+        "out": str(out),
+        "base": cfg.eval.base_name,
+        "new": list(new[None]),
+        "langs": table.langs,
+        "points": [
+            {
+                "name": p.name,
+                "grid": p.grid,
+                "kind": p.kind,
+                "params": p.params,
+                "run_dir": p.run.output_dir if p.run else None,
+                "values": rows[p.name].values if p.name in rows else None,
+                "learning": rows[p.name].learning if p.name in rows else None,
+                "retention": rows[p.name].retention if p.name in rows else None,
+            }
+            for p in points
+        ],
+        "report": [str(f) for f in files],
+        "config": to_dict(cfg),
+    }
