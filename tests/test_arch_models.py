@@ -1,23 +1,41 @@
 """Architecture facts and model loading for every supported family."""
 
 import pytest
+import tiny
 import torch
 
-import tiny
 from layra.arch import describe, unembed, unique_named_parameters
 from layra.errors import LayraError
 from layra.fingerprint import fingerprint, model_fingerprint
 from layra.models import load_model, resolve_source, strip_quantizer
 
 
-@pytest.mark.parametrize("arch,tied", [("llama", False), ("qwen2", True), ("mistral", False), ("gemma3_text", True)])
+@pytest.mark.parametrize(
+    "arch,tied", [("llama", False), ("qwen2", True), ("mistral", False), ("gemma3_text", True)]
+)
 def test_describe(arch, tied):
     m = tiny.make_model(arch, 300, layers=3)
     a = describe(m)
     assert (a.num_layers, a.layers_prefix, a.embed_name, a.head_name, a.tied) == (
-        3, "model.layers", "model.embed_tokens", "lm_head", tied)
-    assert a.layer_of("model.layers.2.mlp.up_proj.weight") == 2 and a.layer_of("lm_head.weight") is None
-    assert a.lora_targets == ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+        3,
+        "model.layers",
+        "model.embed_tokens",
+        "lm_head",
+        tied,
+    )
+    assert (
+        a.layer_of("model.layers.2.mlp.up_proj.weight") == 2
+        and a.layer_of("lm_head.weight") is None
+    )
+    assert a.lora_targets == (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
     assert a.embed_scale == (32**0.5 if arch == "gemma3_text" else 1.0)
     names = [n for n, _ in unique_named_parameters(m)]
     assert ("lm_head.weight" in names) == (not tied)
@@ -29,7 +47,9 @@ def test_unembed_of_last_hidden_state_is_the_models_logits(arch):
     ids = torch.randint(0, 300, (1, 9))
     with torch.no_grad():
         out = m.model(input_ids=ids)
-        torch.testing.assert_close(unembed(m, _prenorm(m, ids)), m(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            unembed(m, _prenorm(m, ids)), m(input_ids=ids).logits, atol=1e-5, rtol=1e-5
+        )
         assert out.last_hidden_state.shape == (1, 9, 32)
 
 
@@ -56,9 +76,17 @@ def test_load_model_and_errors(model_dirs, tmp_path):
 
 def test_strip_quantizer_removes_gguf_markers():
     m = tiny.make_model("llama", 300)
-    m.hf_quantizer, m.is_quantized, m.config.quantization_config = object(), True, {"quant_method": "gguf"}
+    m.hf_quantizer, m.is_quantized, m.config.quantization_config = (
+        object(),
+        True,
+        {"quant_method": "gguf"},
+    )
     strip_quantizer(m)
-    assert m.hf_quantizer is None and not m.is_quantized and not hasattr(m.config, "quantization_config")
+    assert (
+        m.hf_quantizer is None
+        and not m.is_quantized
+        and not hasattr(m.config, "quantization_config")
+    )
 
 
 def test_fingerprint_same_weights_vs_same_architecture(model_dirs):

@@ -4,8 +4,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 import tiny
+
 from layra.demo import DemoSettings, run_demo
 
 

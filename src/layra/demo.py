@@ -118,7 +118,7 @@ def run_config(s: DemoSettings, model: str, corpus: Path, method: str) -> RunCon
         ),
         train=TrainConfig(
             batch_size=s.batch_size, lr=s.lr, precision=s.precision, device=s.device,
-            seed=s.seed, save_every=8, loss_chunk=256,
+            seed=s.seed, save_every=8, loss_chunk=1024,
         ),
         output_dir=str(s.workdir / "runs" / method),
     )  # fmt: skip
