@@ -248,3 +248,37 @@ def test_tensorboard_tracker_logs_when_asked(model_dirs, corpus_dir, tmp_path):
                   ["train.max_steps=2", "train.trackers=tensorboard"])  # fmt: skip
     out, _ = train_model(cfg, progress=False)
     assert list(out.rglob("events.out.tfevents.*"))
+
+
+def test_bf16_checkpoint_keeps_frozen_weights_bf16_and_trains_fp32_copies(corpus_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from layra.fingerprint import fingerprint
+    from layra.models import load_model
+
+    mdir = tmp_path / "bf16model"
+    tok = tiny.make_tokenizer()
+    tiny.make_model("gemma3_text", len(tok)).to(torch.bfloat16).save_pretrained(mdir)
+    tok.save_pretrained(mdir)
+    cfg = run_cfg(mdir, corpus_dir / "gl.txt", tmp_path / "run", "layra",
+                  ["train.precision=bf16", "train.max_steps=3", "merge=true"])  # fmt: skip
+    out, model = train_model(cfg, progress=False)
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert all(
+        d == torch.float32 for n, d in dtypes.items() if "lora_" in n or "modules_to_save" in n
+    )
+    assert dtypes["base_model.model.model.layers.1.mlp.up_proj.weight"] == torch.bfloat16
+    run = json.loads((out / "run.json").read_text())
+    base, btok = load_model(str(mdir), dtype="bfloat16")
+    assert run["base_fingerprint"] == fingerprint(base.named_parameters(), base.config, btok)
+    merged = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert {p.dtype for p in merged.parameters()} == {torch.bfloat16}
+    ids = torch.randint(0, 300, (1, 8))
+    reloaded = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(mdir), out / "adapter"
+    )
+    # The in-memory model mixes bf16 (frozen) and fp32 (trained) tensors: run it as training did.
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(reloaded(input_ids=ids).logits.float(),
+                                   model.eval()(input_ids=ids).logits.float(), atol=2e-2, rtol=2e-2)  # fmt: skip

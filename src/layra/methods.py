@@ -198,7 +198,9 @@ def prepare_model(
 def trainable_summary(model: nn.Module, plan: MethodPlan) -> str:
     """Human-readable account of what will train (printed before training)."""
     params = unique_named_parameters(model)
-    total = sum(p.numel() for _, p in params)
+    # The model's own size: PEFT's trainable copies (modules_to_save) and LoRA factors are
+    # extra tensors, not part of it.
+    total = sum(p.numel() for n, p in params if "lora_" not in n and "modules_to_save" not in n)
     trainable = [(n, p) for n, p in params if p.requires_grad]
     n_train = sum(p.numel() for _, p in trainable)
     full_modules = sorted(
@@ -209,7 +211,8 @@ def trainable_summary(model: nn.Module, plan: MethodPlan) -> str:
         }
     )
     lines = [
-        f"method {plan.method}: {n_train:,} of {total:,} parameters train ({100 * n_train / total:.2f}%)",
+        f"method {plan.method}: {n_train:,} trainable parameters, {100 * n_train / total:.2f}% "
+        f"of the model's {total:,}",
     ]
     if plan.method in ("layer-selective", "layra"):
         lines.append(

@@ -62,6 +62,33 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def model_depth(cfg: RunConfig) -> int:
     """Number of decoder layers, from the config alone (no weights loaded)."""
+    return int(_model_config(cfg).num_hidden_layers)
+
+
+def frozen_dtype(cfg: RunConfig) -> str:
+    """The dtype to load weights in: bf16 when that loses nothing, else fp32.
+
+    Under bf16 autocast every matmul runs in bf16 anyway, so weights that do not
+    train gain nothing from fp32 copies — but cost memory and a cast per use. They
+    are loaded in bf16 only when the checkpoint itself is bf16 (values identical)
+    and the method leaves weights frozen; trainable tensors are then upcast to fp32
+    master copies (:func:`upcast_trainable`).
+    """
+    if cfg.train.precision != "bf16" or cfg.method.name == "full":
+        return "float32"
+    mc = _model_config(cfg)
+    stored = getattr(mc, "dtype", None) or getattr(mc, "torch_dtype", None)
+    return "bfloat16" if str(stored).replace("torch.", "") == "bfloat16" else "float32"
+
+
+def upcast_trainable(model: torch.nn.Module) -> None:
+    """Trainable tensors in fp32 (the optimizer's master weights); frozen ones as loaded."""
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+
+
+def _model_config(cfg: RunConfig):
     from transformers import AutoConfig
 
     from layra.models import resolve_source
@@ -75,8 +102,7 @@ def model_depth(cfg: RunConfig) -> int:
         raise LayraError(
             f"cannot read the model config of {cfg.model.name_or_path}: {str(e).splitlines()[0]}"
         ) from e
-    mc = getattr(mc, "text_config", None) or mc
-    return int(mc.num_hidden_layers)
+    return getattr(mc, "text_config", None) or mc
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float, lr: float) -> list[dict[str, Any]]:
@@ -248,10 +274,11 @@ def train_model(
         )
 
     say(f"model: loading {cfg.model.name_or_path}")
+    load_dtype = frozen_dtype(cfg)
     model, _ = load_model(
         cfg.model.name_or_path,
         cfg.model.gguf_file,
-        dtype="float32",
+        dtype=load_dtype,
         trust_remote_code=cfg.model.trust_remote_code,
         with_tokenizer=False,
     )
@@ -259,6 +286,9 @@ def train_model(
     # LoRA's initialisation depends on the seed alone, not on what ran before (data cached or not).
     set_seed(t.seed)
     model, plan = prepare_model(model, cfg.method, rows=rows.ids if rows else None)
+    upcast_trainable(model)
+    if load_dtype != "float32":
+        say(f"  frozen weights kept in {load_dtype} as stored; trained tensors in float32")
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     say(trainable_summary(model, plan))
@@ -410,7 +440,9 @@ def train_model(
     check_finite(total_steps)
 
     if acc.is_main_process:
-        _write_outputs(cfg, out, model, tok, plan, copy_before_merge=keep_model)
+        _write_outputs(
+            cfg, out, model, tok, plan, copy_before_merge=keep_model, merged_dtype=load_dtype
+        )
         summary = {
             "status": "complete",
             "method": plan.method,
@@ -456,8 +488,12 @@ def model_is_tied(model) -> bool:
     return hf.get_input_embeddings().weight is hf.get_output_embeddings().weight
 
 
-def _write_outputs(cfg: RunConfig, out: Path, model, tok, plan, copy_before_merge: bool) -> None:
+def _write_outputs(
+    cfg: RunConfig, out: Path, model, tok, plan, copy_before_merge: bool, merged_dtype: str
+) -> None:
     """The adapter or trained tensors, and the merged model if asked (each atomic)."""
+    import copy
+
     from safetensors.torch import save_file
 
     from layra.arch import unwrap
@@ -474,12 +510,13 @@ def _write_outputs(cfg: RunConfig, out: Path, model, tok, plan, copy_before_merg
         os.replace(tmp, out / "trained.safetensors")
     if cfg.merge:
         if plan.method in ("lora", "layra"):
-            import copy
-
             # Merging rewrites the base weights; a caller that keeps the model gets a copy merged.
             merged = (copy.deepcopy(model) if copy_before_merge else model).merge_and_unload()
         else:
             merged = unwrap(model)
+        if merged_dtype != "float32":
+            # Frozen weights were kept as stored (bf16): write one dtype, as loaders expect.
+            merged = (copy.deepcopy(merged) if copy_before_merge else merged).to(torch.bfloat16)
         with atomic_dir(out / "model", overwrite=True) as tmp:
             merged.save_pretrained(tmp)
             tok.save_pretrained(tmp)
