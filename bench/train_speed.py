@@ -1,7 +1,7 @@
 """Training speed side by side: transformers Trainer + PEFT against `layra train`.
 
     python bench/train_speed.py --model ~/.cache/layra/gemma3-270m \\
-        --text /work/cache/corpus/libreoffice/glg/train.txt --k 6 --m 1 --out bench/results/gemma.json
+        --text layra-demo/corpus/libreoffice/glg/train.txt --k 6 --m 1 --out gemma.json
     python bench/train_speed.py --tiny            # a tiny Llama built on the spot (seconds)
 
 One invocation packs the text once (layra's data pipeline) and feeds the *same* blocks,
