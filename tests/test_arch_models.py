@@ -27,15 +27,7 @@ def test_describe(arch, tied):
         a.layer_of("model.layers.2.mlp.up_proj.weight") == 2
         and a.layer_of("lm_head.weight") is None
     )
-    assert a.lora_targets == (
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    )
+    assert a.lora_targets == tiny.LINEARS
     assert a.embed_scale == (32**0.5 if arch == "gemma3_text" else 1.0)
     names = [n for n, _ in unique_named_parameters(m)]
     assert ("lm_head.weight" in names) == (not tied)

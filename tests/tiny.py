@@ -22,6 +22,8 @@ TEXT = {
 }
 
 ARCHS = ("llama", "qwen2", "mistral", "gemma3_text")
+# The linear sublayers of one decoder block, as the paper's LoRA targets them.
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def make_tokenizer(vocab_size: int = 300):

@@ -233,13 +233,7 @@ def _from_adapter(adapter: Path, src: Source, out: Path, manifest: dict) -> dict
         factors[name] = (A, B, scale)
         entries.append(Entry(name, "lowrank", src.shapes[name], r, scale))
     for name, t in full.items():
-        if name not in src.shapes:
-            raise LayraError(f"{adapter}: trained tensor {name} is not in the base model")
-        if t.shape != src.shapes[name]:
-            raise LayraError(
-                f"{adapter}: {name} has shape {list(t.shape)}, the base model "
-                f"{list(src.shapes[name])} (vocabulary resized?)"
-            )
+        _check_fits(adapter, name, t.shape, src)
         entries.append(Entry(name, "dense", t.shape))
     with VectorWriter(out, [k for e in entries for k in planned_keys(e)]) as w:
         for name, (A, B, scale) in factors.items():
@@ -249,16 +243,21 @@ def _from_adapter(adapter: Path, src: Source, out: Path, manifest: dict) -> dict
         return w.finish(manifest)
 
 
+def _check_fits(origin: Path, name: str, shape, src: Source) -> None:
+    """A trained tensor must exist in the base model with the same shape."""
+    if name not in src.shapes:
+        raise LayraError(f"{origin}: trained tensor {name} is not in the base model")
+    if tuple(shape) != tuple(src.shapes[name]):
+        raise LayraError(
+            f"{origin}: {name} has shape {list(shape)}, the base model "
+            f"{list(src.shapes[name])} (vocabulary resized?)"
+        )
+
+
 def _from_trained(trained: Path, src: Source, out: Path, manifest: dict) -> dict[str, Any]:
     stored, _ = read_header(trained)
     for name, t in stored.items():
-        if name not in src.shapes:
-            raise LayraError(f"{trained}: tensor {name} is not in the base model")
-        if t.shape != src.shapes[name]:
-            raise LayraError(
-                f"{trained}: {name} has shape {list(t.shape)}, the base model "
-                f"{list(src.shapes[name])}"
-            )
+        _check_fits(trained, name, t.shape, src)
     with VectorWriter(out, [(n, FP32, t.shape) for n, t in stored.items()]) as w:
         for name, t in stored.items():
             _dense_diff(w, name, t.shape, _reader(t), _base_reader(src, name), _aliases(src, name))
