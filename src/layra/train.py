@@ -447,7 +447,7 @@ def train_model(
             "status": "complete",
             "method": plan.method,
             "plan": plan.to_dict(),
-            "base_model": cfg.model.name_or_path,
+            "base_model": _portable_ref(cfg.model.name_or_path),
             "gguf_file": cfg.model.gguf_file,
             "base_fingerprint": base_fp,
             "languages": list(packed.heldout),
@@ -479,6 +479,12 @@ class _null:
 
     def __exit__(self, *a):
         return False
+
+
+def _portable_ref(name_or_path: str) -> str:
+    """A local model path made absolute (so the run works from any directory); hub ids as given."""
+    p = Path(name_or_path).expanduser()
+    return str(p.resolve()) if p.exists() else name_or_path
 
 
 def model_is_tied(model) -> bool:
