@@ -10,6 +10,7 @@ the outputs described in docs/formats.md. A killed run resumed with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -382,7 +383,11 @@ def train_model(
                 # Global block order: [step][micro][rank][batch] — same data for any world size.
                 lo = base + (micro * world + rank) * t.batch_size
                 batch = packed.blocks[lo : lo + t.batch_size].to(device)
-                ctx = acc.no_sync(loss_model) if micro < t.grad_accum - 1 else _null()
+                ctx = (
+                    acc.no_sync(loss_model)
+                    if micro < t.grad_accum - 1
+                    else contextlib.nullcontext()
+                )
                 with ctx, acc.autocast():
                     loss = loss_model(batch)
                 acc.backward(loss / t.grad_accum)
@@ -471,14 +476,6 @@ def train_model(
         say(f"done: {total_steps} steps, final loss {loss_val:.4f}, outputs in {out}")
     acc.wait_for_everyone()
     return out, model
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _portable_ref(name_or_path: str) -> str:
