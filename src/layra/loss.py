@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layra.arch import describe, unwrap
+from layra.arch import Arch, describe, unwrap
 
 
 def _compute_dtype(device_type: str) -> torch.dtype | None:
@@ -127,26 +127,27 @@ def chunked_linear_ce(
     )
 
 
-def lm_loss(model: nn.Module, input_ids: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+def lm_loss(
+    model: nn.Module, input_ids: torch.Tensor, chunk: int = 1024, arch: Arch | None = None
+) -> torch.Tensor:
     """Mean next-token NLL of packed blocks, as ``model(ids, labels=ids).loss`` computes it.
 
     ``chunk=0`` uses the model's own forward (full logits) — the reference path.
-    ``model`` may be a Hugging Face model or a PEFT model around one.
+    ``model`` may be a Hugging Face model or a PEFT model around one. ``arch`` is
+    ``describe(model)``; pass it when calling every step, it walks every module.
     """
-    if chunk <= 0:
-        return model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
     hf = unwrap(model)
-    arch = describe(hf)
+    head = hf.get_output_embeddings()
+    # No supported model has a head bias; fall back to the model's own loss rather than guess.
+    if chunk <= 0 or getattr(head, "bias", None) is not None:
+        return model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+    arch = arch or describe(hf)
     # The decoder stack (LoRA layers are injected in place, so they run here too).
     backbone = (
         hf.get_submodule(arch.layers_prefix.rsplit(".", 1)[0]) if "." in arch.layers_prefix else hf
     )
     hidden = backbone(input_ids=input_ids, use_cache=False).last_hidden_state
-    head = hf.get_output_embeddings()
     targets = F.pad(input_ids[:, 1:], (0, 1), value=-100)
-    bias = getattr(head, "bias", None)
-    if bias is not None:  # no supported model has a head bias; keep the reference path honest
-        return model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
     return chunked_linear_ce(hidden, head.weight, targets, chunk, arch.logit_softcap)
 
 
@@ -162,6 +163,7 @@ class LossModule(nn.Module):
         super().__init__()
         self.model = model
         self.chunk = chunk
+        self.arch = describe(model)  # once: module names do not change while training
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return lm_loss(self.model, input_ids, self.chunk)
+        return lm_loss(self.model, input_ids, self.chunk, self.arch)
