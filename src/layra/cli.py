@@ -83,6 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def split_lang_path(spec: str, flag: str = "--text") -> tuple[str, str]:
+    """``"glg=texts/gl.txt"`` -> ``("glg", "texts/gl.txt")``; one-line error otherwise."""
+    lang, sep, path = spec.partition("=")
+    if not (sep and lang.strip() and path):
+        raise LayraError(f"{flag} {spec!r}: expected LANG=PATH, e.g. glg=texts/glg.txt")
+    return lang.strip(), path
+
+
 def subparser(sub, name: str, help: str, example: str, description: str | None = None):
     """Add a subcommand whose --help ends with a working example."""
     return sub.add_parser(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from layra.cli import subparser
+from layra.cli import split_lang_path, subparser
 from layra.errors import LayraError, require
 
 MODEL_HELP = (
@@ -98,11 +98,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def parse_texts(items: list[str], text_dir: str | None) -> list[tuple[str, str]]:
     """``LANG=PATH`` items plus every ``LANG.txt`` of ``text_dir``, in that order."""
-    out = []
-    for item in items:
-        lang, sep, path = item.partition("=")
-        require(bool(sep and lang and path), f"--text {item!r}: expected LANG=PATH")
-        out.append((lang, path))
+    out = [split_lang_path(item) for item in items]
     if text_dir:
         d = Path(text_dir)
         require(d.is_dir(), f"--text-dir {d} is not a directory")

@@ -10,7 +10,7 @@ import re
 import sys
 from pathlib import Path
 
-from layra.cli import subparser
+from layra.cli import split_lang_path, subparser
 from layra.errors import LayraError, require
 
 _LANG = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -27,11 +27,8 @@ def read_texts(specs: list[str] | None) -> dict[str, tuple[Path, str]]:
     require(bool(specs), "give at least one --text LANG=PATH")
     out: dict[str, tuple[Path, str]] = {}
     for spec in specs:
-        lang, sep, path = spec.partition("=")
-        require(
-            bool(sep) and bool(path) and bool(_LANG.match(lang)),
-            f"--text {spec!r}: expected LANG=PATH, e.g. --text glg=texts/glg.txt",
-        )
+        lang, path = split_lang_path(spec)
+        require(bool(_LANG.match(lang)), f"--text {spec!r}: {lang!r} is not a language label")
         require(lang not in out, f"language {lang!r} given twice in --text")
         p = Path(path).expanduser()
         require(p.is_file(), f"text file {p} (for {lang}) does not exist")

@@ -16,6 +16,7 @@ import hashlib
 import re
 from pathlib import Path
 
+from layra.cli import split_lang_path
 from layra.config import SourceConfig
 from layra.corpus.clean import clean_languages
 from layra.corpus.langs import check_lang_code
@@ -31,10 +32,8 @@ def parse_inputs(specs: list[str]) -> dict[str, list[str]]:
     """``["glg=a.txt", "glg=b.txt", "eng=c.jsonl"]`` -> ``{"glg": [...], "eng": [...]}``."""
     out: dict[str, list[str]] = {}
     for spec in specs:
-        lang, sep, path = spec.partition("=")
-        if not sep or not path:
-            raise LayraError(f"input {spec!r} must be LANG=PATH, e.g. glg=gl.txt")
-        out.setdefault(check_lang_code(lang.strip()), []).append(path)
+        lang, path = split_lang_path(spec, "input")
+        out.setdefault(check_lang_code(lang), []).append(path)
     if not out:
         raise LayraError("no input files; give LANG=PATH, e.g. glg=gl.txt")
     return out
