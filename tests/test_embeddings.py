@@ -164,28 +164,21 @@ def test_each_treatment_trains_exactly_the_rows_it_says(
 
     mdir = model_dirs[arch]
     ref = f"[{{path: {corpus_dir / 'en.txt'}, lang: eng}}]"
-    cfg = load_config(
-        None,
+    cfg = tiny.run_cfg(
+        mdir,
+        corpus_dir / "gl.txt",
+        tmp_path / "run",
+        method,
         [
-            f"model.name_or_path={mdir}",
-            f"data.sources=[{{path: {corpus_dir / 'gl.txt'}, lang: glg}}]",
-            "data.seq_len=32",
-            "data.heldout_fraction=0.1",
-            "train.batch_size=2",
-            "train.precision=fp32",
             "train.lr=3e-3",
             "train.warmup=0",
             "train.schedule=constant",
             "train.max_steps=3",
             "train.save_every=2",
-            f"method.name={method}",
-            "method.k=1",
-            "method.m=1",
             "method.dropout=0.0",
             f"method.embeddings={treatment}",
             "method.embeddings_lr_scale=0.1",
             f"method.embedding_rows.reference={ref}",
-            f"output_dir={tmp_path / 'run'}",
         ],
     )
     base = AutoModelForCausalLM.from_pretrained(mdir).eval()
@@ -272,21 +265,17 @@ def test_rows_vector_touches_only_the_chosen_rows(model_dirs, corpus_dir, tmp_pa
     from layra.vectors import extract_run, load_vector
 
     mdir = model_dirs["gemma3_text"]
-    cfg = load_config(
-        None,
+    cfg = tiny.run_cfg(
+        mdir,
+        corpus_dir / "gl.txt",
+        tmp_path / "run",
+        "layra",
         [
-            f"model.name_or_path={mdir}",
-            f"data.sources=[{{path: {corpus_dir / 'gl.txt'}, lang: glg}}]",
-            "data.seq_len=32",
-            "train.batch_size=2",
-            "train.precision=fp32",
+            "data.heldout_fraction=0.01",
             "train.lr=3e-3",
             "train.max_steps=2",
-            "method.k=1",
-            "method.m=1",
             "method.embeddings=rows",
             f"method.embedding_rows.reference=[{{path: {corpus_dir / 'en.txt'}, lang: eng}}]",
-            f"output_dir={tmp_path / 'run'}",
         ],
     )
     out, _ = train_model(cfg, progress=False)

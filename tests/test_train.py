@@ -7,31 +7,13 @@ import pytest
 import tiny
 import torch
 from safetensors.torch import load_file
+from tiny import run_cfg
 
 from layra.config import load_config
 from layra.methods import prepare_model
 from layra.train import train_model
 
 METHODS = ["full", "layer-selective", "lora", "layra"]
-
-
-def run_cfg(model_dir, corpus, out, method="layra", extra=()):
-    km = ["method.k=1", "method.m=1"] if method in ("layer-selective", "layra") else []
-    return load_config(
-        None,
-        [
-            f"model.name_or_path={model_dir}",
-            f"data.sources=[{{path: {corpus}, lang: glg}}]",
-            "data.seq_len=32",
-            "data.heldout_fraction=0.1",
-            "train.batch_size=2",
-            "train.precision=fp32",
-            f"method.name={method}",
-            f"output_dir={out}",
-            *km,
-            *extra,
-        ],
-    )
 
 
 def expected_trainable(method, arch, tied):

@@ -3,11 +3,11 @@ run's own merged model (``merge=true``), for an adapter run on a tied model and 
 layer-selective run on an untied one."""
 
 import pytest
+import tiny
 import torch
 from test_vectors_fixtures import logits
 from transformers import AutoModelForCausalLM
 
-from layra.config import load_config
 from layra.train import train_model
 from layra.vectors import apply_to_dir, extract_run
 
@@ -17,24 +17,12 @@ def test_vector_of_a_real_run_gives_its_merged_model(
     arch, method, model_dirs, corpus_dir, tmp_path
 ):
     base = model_dirs[arch]
-    cfg = load_config(
-        None,
-        [
-            f"model.name_or_path={base}",
-            f"data.sources=[{{path: {corpus_dir / 'gl.txt'}, lang: glg}}]",
-            "data.seq_len=32",
-            "data.heldout_fraction=0.1",
-            "train.batch_size=2",
-            "train.precision=fp32",
-            "train.lr=3e-3",
-            "train.warmup=0",
-            "train.max_steps=2",
-            "merge=true",
-            f"method.name={method}",
-            "method.k=1",
-            "method.m=1",
-            f"output_dir={tmp_path / 'run'}",
-        ],
+    cfg = tiny.run_cfg(
+        base,
+        corpus_dir / "gl.txt",
+        tmp_path / "run",
+        method,
+        ["train.lr=3e-3", "train.warmup=0", "train.max_steps=2", "merge=true"],
     )
     run, _ = train_model(cfg, progress=False)
     m = extract_run(run, tmp_path / "vec")

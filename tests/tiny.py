@@ -116,3 +116,25 @@ def write_corpus(path: Path, lang: str = "gl", docs: int = 40) -> Path:
         paras.append(" ".join(words[(i + j) % len(words)] for j in range(k)) + f" {i}.")
     path.write_text("\n\n".join(paras) + "\n", encoding="utf-8")
     return path
+
+
+def run_cfg(model_dir, corpus, out, method="layra", extra=()):
+    """A tiny-model run config on Galician text; ``extra`` overrides come last and win."""
+    from layra.config import load_config
+
+    km = ["method.k=1", "method.m=1"] if method in ("layer-selective", "layra") else []
+    return load_config(
+        None,
+        [
+            f"model.name_or_path={model_dir}",
+            f"data.sources=[{{path: {corpus}, lang: glg}}]",
+            "data.seq_len=32",
+            "data.heldout_fraction=0.1",
+            "train.batch_size=2",
+            "train.precision=fp32",
+            f"method.name={method}",
+            f"output_dir={out}",
+            *km,
+            *extra,
+        ],
+    )
