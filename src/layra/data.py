@@ -200,17 +200,15 @@ class PackedData:
     stats: dict
 
 
-def language_budgets(
-    cfg: DataConfig, available: dict[str, int] | None = None
-) -> dict[str, int | None]:
-    """Tokens each language may contribute, in order of first appearance."""
+def language_budgets(cfg: DataConfig) -> dict[str, int | None]:
+    """Tokens each language may contribute while reading, in order of first appearance.
+
+    None means "all of it"; equal mixing without a budget is cut to the smallest
+    language after reading (:func:`build_dataset`), when the sizes are known.
+    """
     langs = list(dict.fromkeys(s.lang for s in cfg.sources))
     total = cfg.max_tokens
     if cfg.mix == "concat" or total is None:
-        if cfg.mix == "equal" and available is not None and len(langs) > 1:
-            # Equal-token subsampling without a budget: every language cut to the smallest.
-            smallest = min(available.values())
-            return {lang: smallest for lang in langs}
         return {lang: None for lang in langs}
     if cfg.mix == "equal":
         return {lang: total // len(langs) for lang in langs}
