@@ -11,6 +11,7 @@ the outputs described in docs/formats.md. A killed run resumed with
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -90,18 +91,24 @@ def upcast_trainable(model: torch.nn.Module) -> None:
 
 
 def _model_config(cfg: RunConfig):
+    m = cfg.model
+    return _read_model_config(m.name_or_path, m.gguf_file, m.trust_remote_code)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_model_config(name_or_path: str, gguf_file: str | None, trust_remote_code: bool):
+    # Cached: depth and stored dtype are asked for separately, and a hub id or a GGUF
+    # header costs a request or a parse each time.
     from transformers import AutoConfig
 
     from layra.models import resolve_source
 
-    src, gguf = resolve_source(cfg.model.name_or_path, cfg.model.gguf_file)
+    src, gguf = resolve_source(name_or_path, gguf_file)
     try:
-        mc = AutoConfig.from_pretrained(
-            src, gguf_file=gguf, trust_remote_code=cfg.model.trust_remote_code
-        )
+        mc = AutoConfig.from_pretrained(src, gguf_file=gguf, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise LayraError(
-            f"cannot read the model config of {cfg.model.name_or_path}: {str(e).splitlines()[0]}"
+            f"cannot read the model config of {name_or_path}: {str(e).splitlines()[0]}"
         ) from e
     return getattr(mc, "text_config", None) or mc
 
