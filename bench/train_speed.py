@@ -10,9 +10,14 @@ dropout on the first k and last m layers, embeddings and LM head fully trained, 
 kept tied) to
 
   (a) the reference a user would write: ``get_peft_model`` + ``transformers.Trainer``
-      with ``bf16=True, use_cpu=True`` (autocast, full logits, the Trainer's default
-      fused AdamW), sequential sampling so the batches match;
-  (b) ``layra train`` (its CLI, in bf16 with the chunked loss).
+      with ``bf16=True`` (autocast) when the precision is bf16, ``use_cpu=True``, full
+      logits, the Trainer's default fused AdamW, sequential sampling so the batches match;
+  (b) ``layra train`` (its CLI, with the chunked loss).
+
+Both sides run in the same precision: ``--precision auto`` (the default) resolves it
+once here with layra's hardware probe (bf16 only where this CPU multiplies bf16 fast,
+see layra.precision) and passes the result to both. The CPU model and flags go into
+the JSON.
 
 Each runs in its own child process so its peak RSS (``wait4``'s ``ru_maxrss``) is its
 own. Throughput counts the optimizer steps after ``--warmup`` untimed ones. The
@@ -104,7 +109,7 @@ def run_reference(spec: dict) -> dict:
         adam_beta2=0.95,
         adam_epsilon=1e-5,
         max_grad_norm=1.0,
-        bf16=True,
+        bf16=spec["precision"] == "bf16",
         use_cpu=True,
         logging_steps=1,
         save_strategy="no",
@@ -147,7 +152,7 @@ def layra_config(spec: dict) -> dict:
             "lr": spec["lr"],
             "warmup": spec["warmup_frac"],
             "schedule": "linear",
-            "precision": "bf16",
+            "precision": spec["precision"],
             "loss_chunk": spec["chunk"],
             "gradient_checkpointing": spec["checkpointing"],
             "seed": spec["seed"],
@@ -227,6 +232,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--chunk", type=int, default=1024, help="layra train.loss_chunk")
     ap.add_argument("--checkpointing", action="store_true", help="layra gradient checkpointing")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="both sides' precision; auto: layra's probe decides (printed)",
+    )
     ap.add_argument("--only", choices=["reference", "layra"], help="run one side only")
     ap.add_argument("--out", help="write the result as JSON here")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -242,6 +253,10 @@ def main(argv: list[str] | None = None) -> dict:
     from layra.config import load_config
     from layra.data import build_dataset, save_packed
     from layra.models import load_tokenizer
+    from layra.precision import announce, cpu_info, resolve_precision
+
+    prec = resolve_precision(args.precision, "cpu")
+    announce(prec)
 
     with tempfile.TemporaryDirectory(prefix="layra-bench-") as tmp:
         work = Path(tmp)
@@ -271,6 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
             "chunk": args.chunk,
             "checkpointing": args.checkpointing,
             "seed": args.seed,
+            "precision": prec.name,
             "run_dir": str(work / "layra"),
             "workdir": str(work / "reference"),
             "data": str(work / "layra" / "data.safetensors"),
@@ -314,11 +330,25 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "model": Path(model).name if not args.tiny else "tiny-llama (hidden 32, 4 layers)",
         "machine": _machine(),
+        "cpu": cpu_info(),
+        "precision": prec.to_dict(),
         "load_avg": os.getloadavg(),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "settings": {
             k: spec[k]
-            for k in ("k", "m", "r", "alpha", "dropout", "lr", "seq_len", "batch", "seed", "chunk")
+            for k in (
+                "k",
+                "m",
+                "r",
+                "alpha",
+                "dropout",
+                "lr",
+                "seq_len",
+                "batch",
+                "seed",
+                "chunk",
+                "precision",
+            )  # fmt: skip
         }
         | {"timed_steps": args.steps, "warmup_steps": args.warmup, "text": str(text)},
         "sides": sides,
@@ -342,7 +372,8 @@ def markdown(result: dict) -> str:
     """The result as a Markdown table (tokens/s, peak RSS, ratios, first losses)."""
     lines = [
         f"**{result['model']}** — {result['machine']}, load {result['load_avg'][0]:.1f}, "
-        f"{result['date']}",
+        f"{result['date']}; {result['precision']['name']} on both sides "
+        f"({result['precision']['reason']})",
         "",
         "| path | tokens/s | peak RSS (GiB) | first losses |",
         "|---|---:|---:|---|",

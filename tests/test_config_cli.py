@@ -41,7 +41,10 @@ def test_every_shipped_config_loads_and_validates(path):
         (["train.lrr=1"], "unknown key train.lrr; allowed under train: epochs, max_steps,"),
         (["method.r=0"], "method.r must be a positive integer, got 0"),
         (["method.k=-1"], "method.k must not be negative, got -1"),
-        (["train.precision=fp8"], "train.precision: 'fp8' is not allowed; allowed: bf16, fp32"),
+        (
+            ["train.precision=fp8"],
+            "train.precision: 'fp8' is not allowed; allowed: auto, bf16, fp32",
+        ),
         (["train.lr=fast"], "train.lr: expected a number, got 'fast'"),
         (["method.name=full", "method.k=2"], "method.k / method.m do not apply to method full"),
         (["method.k=auto"], "method.k=auto needs method.lens_profile"),

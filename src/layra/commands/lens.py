@@ -70,7 +70,11 @@ def _run_profile(args) -> int:
         "tokens are English (or name another --english language)",
     )
     texts = {lang: text for lang, (_, text) in sources.items()}
-    model, tok = load_model(args.model, dtype=args.dtype)
+    from layra.precision import announce, resolve_precision
+
+    prec = resolve_precision(args.dtype, device="cpu")
+    announce(prec)
+    model, tok = load_model(args.model, dtype=prec.name)
     tmap = token_language_map(tok, texts, ratio=args.ratio, min_count=args.min_count)
     for lang, size in tmap.sizes().items():
         if size == 0:
@@ -87,7 +91,11 @@ def _run_profile(args) -> int:
         max_tokens=args.max_tokens,
         window=args.window,
     )
-    profile = {"model": args.model, **profile, "provenance": provenance(dtype=args.dtype)}
+    profile = {
+        "model": args.model,
+        **profile,
+        "provenance": provenance(dtype=prec.name, precision=prec.to_dict()),
+    }
     for lang, (path, _) in sources.items():
         profile["texts"][lang]["path"] = str(path)
     try:
@@ -178,7 +186,12 @@ def register(sub) -> None:
         default=3,
         help="token→language rule: minimum count in its language's text (default 3)",
     )
-    p.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "float32", "bfloat16"],
+        help="weights dtype; auto (default): bf16 where this CPU multiplies bf16 fast, else fp32",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument(
         "--lang",

@@ -35,10 +35,23 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _dtype_name(dtype: str) -> str:
-    d = parse_dtype(dtype)
-    require(d in (torch.float32, torch.bfloat16), f"--dtype must be fp32 or bf16, got {dtype}")
-    return "bf16" if d == torch.bfloat16 else "fp32"
+def _dtype_name(dtype: str, say: Say = _say) -> str:
+    """``auto`` / ``bf16`` / ``fp32`` -> the precision evaluation runs in (on the CPU)."""
+    from layra.precision import announce, normalize_precision, resolve_precision
+
+    try:
+        normalize_precision(dtype)
+    except LayraError:
+        raise LayraError(f"--dtype must be auto, fp32 or bf16, got {dtype}") from None
+    prec = resolve_precision(dtype, device="cpu")  # evaluation runs where the model loads
+    announce(prec, say)
+    return prec.name
+
+
+def _precision_record(dtype: str) -> dict[str, Any]:
+    from layra.precision import resolve_precision
+
+    return resolve_precision(dtype, device="cpu").to_dict()  # the probe is cached
 
 
 def model_record(loaded: LoadedModel, spec_text: str, name: str | None) -> dict[str, Any]:
@@ -67,7 +80,7 @@ def run_bpb(
     name: str | None = None,
     seq_len: int = 512,
     batch_size: int = 8,
-    dtype: str = "fp32",
+    dtype: str = "auto",
     max_bytes: int | None = None,
     force: bool = False,
     progress: bool = True,
@@ -81,7 +94,7 @@ def run_bpb(
     ``dtype``): a sweep applies vectors to one loaded model instead of reloading it.
     """
     require(bool(texts), "no text given (--text LANG=PATH)")
-    dt = _dtype_name(dtype)
+    dt = _dtype_name(dtype, say)
     slices = [load_text(normalize_lang(lang), path, max_bytes) for lang, path in texts]
     langs = [s.lang for s in slices]
     dup = sorted({x for x in langs if langs.count(x) > 1})
@@ -117,7 +130,7 @@ def run_bpb(
             "settings": {**settings, "batch_size": batch_size},
             "identity": ident,
             "details": res.to_dict(),
-            "provenance": provenance(seed=None),
+            "provenance": provenance(seed=None, precision=_precision_record(dtype)),
         }  # fmt: skip
         store.put(record)
         say(
@@ -137,7 +150,7 @@ def run_tasks(
     limit: int | None = None,
     name: str | None = None,
     batch_size: int = 8,
-    dtype: str = "fp32",
+    dtype: str = "auto",
     force: bool = False,
     say: Say = _say,
 ) -> list[dict[str, Any]]:
@@ -147,7 +160,7 @@ def run_tasks(
     :class:`LayraError` lists the failures (finished records are already stored).
     """
     require(limit is None or limit > 0, f"--limit must be positive, got {limit}")
-    dt = _dtype_name(dtype)
+    dt = _dtype_name(dtype, say)
     fams = [family.name for family in map(T.family, families)]  # unknown names fail here
     tm = T.task_manager(task_dir)
     refs, notes = T.resolve_tasks(fams, langs, T.available_tasks(tm) if task_dir else None)
@@ -194,7 +207,7 @@ def run_tasks(
             "settings": {**settings, "batch_size": batch_size},
             "identity": ident,
             "details": res,
-            "provenance": provenance(seed=TASK_SEED),
+            "provenance": provenance(seed=TASK_SEED, precision=_precision_record(dtype)),
         }
         store.put(record)
         say(f"{ref.task}: {res['metric']} {res['value']:.4f}  (n={res['n_samples']})")

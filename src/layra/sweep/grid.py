@@ -40,7 +40,7 @@ class EvalConfig:
     base_name: str = "PT"  # the base model's row in the report
     seq_len: int = 512
     batch_size: int = 8
-    dtype: Literal["fp32", "bf16"] = "fp32"
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto: layra.precision decides
     max_bytes: int | None = None  # score only the leading documents up to this many bytes
 
 

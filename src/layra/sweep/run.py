@@ -218,7 +218,9 @@ def _lambda_grid(cfg, g: GridConfig, points: list[Point], markers, evaluate, say
     if not todo:
         return
     say(f"grid {g.name}: loading {model} once for {len(todo)} λ points")
-    base = load_spec(model, dtype=cfg.eval.dtype)
+    from layra.precision import resolve_precision
+
+    base = load_spec(model, dtype=resolve_precision(cfg.eval.dtype, "cpu").name)
     vectors = [load_vector(d) for d in dirs]
     for p in todo:
         lams = [lam for _, lam in p.vectors]
