@@ -334,8 +334,12 @@ def test_build_debian_on_fake_tree(tmp_path, fake_apt):
         for p in paragraphs(out / "libreoffice/glg" / f"{part}.txt")
     ]
     # 8 pages x 3 paragraphs + page0's markup paragraph (untranslated, as in English),
-    # minus 3 untranslated, minus 7 copies of the shared sentence.
-    assert len(gl) == 8 * 3 + 1 - 4 - 7
+    # minus 3 untranslated, minus 7 copies of the shared sentence, minus held-out
+    # paragraphs that nearly duplicate a training one: "Escolla a segunda opción da
+    # páxina {i} ..." differs between pages in one word (word-3-gram Jaccard 0.5).
+    near = lo["languages"]["glg"]["dropped"]["near_duplicate_of_train"]
+    assert near >= 1
+    assert len(gl) == 8 * 3 + 1 - 4 - 7 - near
     assert not {dedup_key(p) for p in gl} & en_keys
     assert "older English wording" not in " ".join(gl)
     assert lo["languages"]["glg"]["dropped"]["untranslated"] == 4
@@ -548,7 +552,8 @@ def test_files_corpus_txt_and_jsonl(tmp_path, capsys):
 def test_hf_streams_local_json(tmp_path):
     data = tmp_path / "gl.jsonl"
     data.write_text(
-        "".join(json.dumps({"text": f"Texto galego do documento {i}."}) + "\n" for i in range(30))
+        # The number in every word 3-gram: rows that are not near-duplicates of each other.
+        "".join(json.dumps({"text": f"Texto galego {i} do documento."}) + "\n" for i in range(30))
     )
     out = build_hf_corpus("json", tmp_path / "o", lang="glg", data_files=[str(data)], max_docs=12)
     m = json.loads((out / "manifest.json").read_text())
@@ -604,3 +609,114 @@ def test_debian_split_does_not_depend_on_other_languages(tmp_path, fake_apt):
         assert (a / "libreoffice/glg" / f"{part}.txt").read_text() == (
             b / "libreoffice/glg" / f"{part}.txt"
         ).read_text()
+
+
+# --------------------------------------------------------------------------- near-duplicates
+
+
+def test_normal_key_ignores_case_punctuation_and_spacing():
+    from layra.neardup import normal_key
+
+    a = normal_key("Save the  file.")
+    assert a == normal_key("save the file") == normal_key("SAVE, the file!") == "save the file"
+    assert normal_key("Save the files.") != a
+    assert normal_key("...") != normal_key("—")  # punctuation-only texts stay apart
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.7, 0.9])
+def test_near_duplicates_finds_every_pair_a_brute_force_finds(threshold):
+    import random
+
+    from layra.neardup import jaccard, near_duplicates, shingles
+
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(12)]
+    base = [[rng.choice(vocab) for _ in range(rng.randint(1, 14))] for _ in range(60)]
+
+    def edit(words: list[str]) -> str:
+        w = list(words)
+        for _ in range(rng.randint(0, 3)):
+            w[rng.randrange(len(w))] = rng.choice(vocab)
+        return " ".join(w)
+
+    queries = [edit(b) for b in base[:40]]
+    reference = [edit(b) for b in base[20:]] + ["", "!!"]
+    want = {
+        i
+        for i, q in enumerate(queries)
+        if any(jaccard(shingles(q), shingles(r)) >= threshold for r in reference)
+    }
+    got = near_duplicates(queries, iter(reference), threshold)
+    assert set(got) == want and 0 < len(want) < len(queries)
+    assert all(v >= threshold for v in got.values())
+
+
+def _planted(i: int) -> list[str]:
+    """A paragraph and its near-duplicates: case, punctuation, a final period, one word changed."""
+    import random
+
+    vocab = (
+        "abra menú ficheiro escolla gardar documento aberto texto folla cela táboa marco "
+        "estilo páxina liña columna fonte cor borde imaxe"
+    ).split()
+    w = random.Random(i).choices(vocab, k=20)
+    b = " ".join(w)
+    return [
+        b,
+        b + ".",
+        b.upper(),
+        b.replace(" ", ", ", 2) + "!",
+        " ".join(w[:10] + ["novo"] + w[11:]),
+    ]
+
+
+def test_planted_near_duplicates_never_cross_the_corpus_split():
+    from layra.neardup import jaccard, normal_key, shingles
+
+    variants = {i: _planted(i) for i in range(30)}
+    assert all(jaccard(shingles(v[0]), shingles(v[4])) >= 0.7 for v in variants.values())
+    # Each variant is its own document, so the split by document separates them.
+    docs = {
+        "glg": [Document(f"{i}.{j}", (v,)) for i, vs in variants.items() for j, v in enumerate(vs)]
+    }
+    split = split_languages(docs, 0.3, seed=0)["glg"]
+    family = {normal_key(v): i for i, vs in variants.items() for v in vs}
+    trained = {family[normal_key(p)] for d in split.train for p in d.paragraphs}
+    held = {family[normal_key(p)] for d in split.heldout for p in d.paragraphs}
+    assert split.train and not trained & held  # old code: 22 of 30 families on both sides
+    assert split.dropped["duplicate_of_train"] > 0  # case / punctuation / period copies
+    assert split.dropped["near_duplicate_of_train"] > 0  # the one-word edits
+    held_docs = len({d.doc_id for d in split.heldout})
+    assert held_docs == sum(len(d.paragraphs) for d in split.heldout)
+
+
+def test_remove_leaks_drops_near_duplicates_of_another_sources_train():
+    fam = _planted(0)
+    a = {"glg": split_languages({"glg": [Document("x", (fam[0],))]}, 0, 0)["glg"]}
+    b = {"glg": split_languages({"glg": [Document("p", ("Outro texto.",))]}, 0, 0)["glg"]}
+    b["glg"].heldout = [Document("q", (fam[1], fam[4], "Texto novo e fresco aquí."))]
+    remove_leaks({"a": a, "b": b})
+    assert b["glg"].heldout == [Document("q", ("Texto novo e fresco aquí.",))]
+    assert b["glg"].dropped == {
+        "in_other_source_train": 1,  # fam[1]: the same up to a final period
+        "near_duplicate_in_other_source_train": 1,  # fam[4]: one word changed
+    }
+
+
+def test_files_corpus_manifest_counts_near_duplicates_and_refuses_old_format(tmp_path):
+    rows = [v for i in range(20) for v in _planted(i)]
+    src = tmp_path / "gl.jsonl"
+    src.write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
+    out = build_files_corpus({"glg": [str(src)]}, tmp_path / "o", heldout_fraction=0.3)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["format"] == "layra-corpus/2" and m["near_duplicates"]["jaccard"] == 0.5
+    info = m["sources"]["files"]["languages"]["glg"]
+    assert info["dropped"]["near_duplicate_of_train"] > 0
+    # Every row is a document; held-out and dropped paragraphs add up to the input.
+    assert info["train"]["paragraphs"] + info["heldout"]["paragraphs"] + sum(
+        info["dropped"].values()
+    ) == len(rows)
+    m["format"] = "layra-corpus/1"
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(LayraError, match="format layra-corpus/1.*--overwrite"):
+        build_files_corpus({"glg": [str(src)]}, tmp_path / "o", heldout_fraction=0.3)

@@ -303,3 +303,91 @@ def test_rows_marks_no_weight_decay_and_masks_the_gradient():
     # token (1, 2, 9, 20 too): only 5 and 7 survive the mask.
     for p in (hf.get_input_embeddings().weight, hf.get_output_embeddings().weight):
         assert _changed_rows(torch.zeros_like(p.grad), p.grad) == [5, 7]
+
+
+@pytest.mark.parametrize(
+    "overrides,name,message",
+    [
+        (["method.embeddings_weight_decay=-0.1"], "layra", "must be 0 or positive, got -0.1"),
+        (["method.embeddings_weight_decay=0"], "lora", "does not apply to method lora"),
+        (
+            ["method.embeddings=frozen", "method.embeddings_weight_decay=0"],
+            "layra",
+            "does not apply to method layra with frozen embeddings",
+        ),
+        (
+            [
+                "method.embeddings=rows",
+                "method.embedding_rows.reference=[{path: e.txt, lang: eng}]",
+                "method.embeddings_weight_decay=0.1",
+            ],
+            "layra",
+            "method.embeddings_weight_decay=0.1 contradicts it",
+        ),
+    ],
+)
+def test_bad_embedding_weight_decay_is_refused(overrides, name, message):
+    with pytest.raises(LayraError, match=message):
+        method_cfg(*overrides, name=name)
+
+
+@pytest.mark.parametrize("method", ["layra", "layer-selective", "full"])
+@pytest.mark.parametrize("tied", [False, True])
+def test_embedding_weight_decay_sets_the_group_of_embedding_and_head(method, tied):
+    from layra.arch import unwrap
+
+    for wd, want in ((None, 0.1), (0.0, 0.0), (0.02, 0.02)):
+        extra = [] if wd is None else [f"method.embeddings_weight_decay={wd}"]
+        model, plan = prepare_model(
+            tiny.make_model("llama", 300, tied=tied), method_cfg(*extra, name=method)
+        )
+        assert plan.embeddings_weight_decay == wd
+        hf = unwrap(model)
+        tensors = {id(hf.get_input_embeddings().weight), id(hf.get_output_embeddings().weight)}
+        groups = [g for g in _param_groups(model, 0.1, 3e-4) if tensors & set(map(id, g["params"]))]
+        assert len(groups) == 1 and groups[0]["weight_decay"] == want
+        assert tensors <= set(map(id, groups[0]["params"]))
+        # The other matrices keep train.weight_decay.
+        assert any(g["weight_decay"] == 0.1 for g in _param_groups(model, 0.1, 3e-4))
+
+
+def test_no_embedding_decay_keeps_unseen_rows_bit_identical(model_dirs, corpus_dir, tmp_path):
+    """Input-embedding rows of tokens never an input: decay 0 bit-identical, default shrunk.
+
+    Untied, those rows get no gradient, so only decay can move them. A tied tensor is also
+    the head, which gets a gradient on every row (softmax), so its unseen rows move either
+    way (by ~lr per element per step, against lr x 0.1 x |w| for decay): for tied models
+    the group test above is the check.
+    """
+    from transformers import AutoModelForCausalLM
+
+    mdir = model_dirs["llama"]
+    base = AutoModelForCausalLM.from_pretrained(mdir)
+    emb0 = base.get_input_embeddings().weight.detach().clone()
+    moved = {}
+    for wd in (None, 0.0):
+        cfg = tiny.run_cfg(
+            mdir,
+            corpus_dir / "gl.txt",
+            tmp_path / f"run-{wd}",
+            "layra",
+            [
+                "train.lr=3e-3",
+                "train.warmup=0",
+                "train.schedule=constant",
+                "train.max_steps=3",
+                "method.dropout=0.0",
+                *([] if wd is None else [f"method.embeddings_weight_decay={wd}"]),
+            ],
+        )
+        out, model = train_model(cfg, progress=False)
+        run = json.loads((out / "run.json").read_text())
+        assert run["plan"]["embeddings_weight_decay"] == wd
+        blocks = load_file(out / "data.safetensors")["blocks"]
+        seen = set(blocks[:6].flatten().tolist())  # 3 steps x batch 2
+        unseen = [r for r in range(emb0.shape[0]) if r not in seen and emb0[r].any()]
+        assert len(unseen) > 50
+        emb1 = _embed_head(model)[0]
+        moved[wd] = (emb1[unseen] - emb0[unseen]).abs().sum(dim=1)
+    assert torch.equal(moved[0.0], torch.zeros_like(moved[0.0]))  # bit-identical
+    assert (moved[None] > 0).all()  # decay shrinks every one of them

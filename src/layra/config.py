@@ -78,6 +78,10 @@ class MethodConfig:
     # or frozen when the legacy switch train_embeddings is false.
     embeddings: Literal["full", "frozen", "lowlr", "rows"] | None = None
     embeddings_lr_scale: float = 0.1  # lowlr: embedding / head learning rate = train.lr x this
+    # AdamW weight decay of the trained embedding / head. None: train.weight_decay (0.1, the
+    # paper), which shrinks every row, those of tokens never seen included; 0 keeps rows
+    # that get no gradient bit-identical. rows always trains without decay.
+    embeddings_weight_decay: float | None = None
     embedding_rows: RowsConfig = field(default_factory=RowsConfig)
     train_embeddings: bool = True  # legacy: false means embeddings: frozen
 
@@ -385,6 +389,21 @@ def _validate_embeddings(m: MethodConfig) -> None:
         raise LayraError(
             f"method.embeddings_lr_scale must be positive, got {m.embeddings_lr_scale}"
         )
+    wd = m.embeddings_weight_decay
+    if wd is not None:
+        if not wd >= 0:
+            raise LayraError(f"method.embeddings_weight_decay must be 0 or positive, got {wd}")
+        treatment = embedding_treatment(m)
+        if treatment == "frozen":
+            raise LayraError(
+                f"method.embeddings_weight_decay does not apply to method {m.name} with frozen "
+                "embeddings (nothing of them trains); drop it"
+            )
+        if treatment == "rows" and wd != 0:
+            raise LayraError(
+                f"method.embeddings=rows trains its rows without weight decay (decay would move "
+                f"every other row); method.embeddings_weight_decay={wd} contradicts it"
+            )
     if embedding_treatment(m) != "rows":
         return
     rows = m.embedding_rows

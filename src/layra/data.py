@@ -9,16 +9,28 @@ Documents: a ``.txt`` file is blank-line separated paragraphs; ``.jsonl`` and
 files and hub datasets go through the same ``datasets`` streaming reader, so the
 hub path is exercised by tests on local files.
 
-Held-out rule: a document is held out when the first 8 bytes of sha256(text),
-read as a fraction of 2**64, fall below ``heldout_fraction``. It depends on the
-text alone, so it is the same in every run, order and process, and streaming
-never has to look back.
+Held-out rule: a document is held out when the first 8 bytes of
+sha256(normal_key(text)), read as a fraction of 2**64, fall below
+``heldout_fraction``. ``normal_key`` (:mod:`layra.neardup`) ignores case,
+punctuation and spacing, so copies that differ only in those land on the same
+side. It depends on the text alone, so it is the same in every run, order and
+process. After reading, a held-out document whose word-3-gram Jaccard with a
+document that was tokenized for training is at least 0.5 is dropped (neither
+trained on nor held out; counted in the stats as ``heldout_near_duplicates``).
+
+Budgets: each language's training documents are tokenized in a seeded random
+order, so a token budget (and the cut of ``mix: equal`` / ``concat``) is a
+random sample of whole documents, the same for the same seed. Local files are
+read whole and shuffled exactly; a hub dataset is streamed through
+``datasets``' seeded shuffle (its shards in random order, then a buffer of
+``SHUFFLE_BUFFER`` documents), which only approximates a uniform sample.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +39,11 @@ import torch
 
 from layra.config import DataConfig, SourceConfig
 from layra.errors import LayraError
+from layra.neardup import NGRAM, THRESHOLD, near_duplicates, normal_key
+
+# Documents a streamed hub dataset's seeded shuffle draws from at a time (datasets'
+# IterableDataset.shuffle buffer); it also shuffles the order of the dataset's shards.
+SHUFFLE_BUFFER = 10_000
 
 _SUFFIX_FORMAT = {
     ".txt": "txt",
@@ -84,8 +101,13 @@ def _read_txt(path: str) -> Iterator[str]:
             yield para
 
 
-def iter_documents(src: SourceConfig) -> Iterator[str]:
-    """Every non-empty document of a source, in file order (streamed)."""
+def iter_documents(src: SourceConfig, shuffle_seed: int | None = None) -> Iterator[str]:
+    """Every non-empty document of a source, in file order (streamed).
+
+    With ``shuffle_seed``, a hub dataset comes in ``datasets``' seeded streaming
+    shuffle order (shards shuffled, then a :data:`SHUFFLE_BUFFER` buffer); local
+    files ignore it (:func:`tokenize_language` shuffles them whole).
+    """
     fmt = source_format(src)
     if fmt == "txt":
         for f in _files(src, fmt):
@@ -96,6 +118,8 @@ def iter_documents(src: SourceConfig) -> Iterator[str]:
     try:
         if fmt == "hf":
             ds = datasets.load_dataset(src.path, src.config, split=src.split, streaming=True)
+            if shuffle_seed is not None:
+                ds = ds.shuffle(seed=shuffle_seed, buffer_size=SHUFFLE_BUFFER)
         else:
             builder = "json" if fmt == "jsonl" else "parquet"
             ds = datasets.load_dataset(
@@ -129,7 +153,8 @@ def is_heldout(text: str, fraction: float) -> bool:
     """Whether a document belongs to the held-out slice (see the module docstring)."""
     if fraction <= 0:
         return False
-    h = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+    key = normal_key(text).encode("utf-8")
+    h = int.from_bytes(hashlib.sha256(key).digest()[:8], "big")
     return h / 2**64 < fraction
 
 
@@ -139,6 +164,30 @@ class LanguageStream:
     tokens: list[int] = field(default_factory=list)
     documents: int = 0
     heldout: list[str] = field(default_factory=list)
+    heldout_near_duplicates: int = 0  # held-out documents dropped as near-duplicates of train
+
+
+def _training_documents(
+    sources: list[SourceConfig], heldout_fraction: float, heldout: list[str], seed: int
+) -> Iterator[str]:
+    """A language's training documents in a seeded random order; held-out ones go to ``heldout``.
+
+    Local sources are read whole and shuffled together (an exact uniform order);
+    hub sources follow, each in ``datasets``' seeded streaming shuffle order.
+    """
+    local: list[str] = []
+    hub = [s for s in sources if source_format(s) == "hf"]
+    for src in (s for s in sources if s not in hub):
+        for doc in iter_documents(src):
+            (heldout if is_heldout(doc, heldout_fraction) else local).append(doc)
+    random.Random(seed).shuffle(local)
+    yield from local
+    for src in hub:
+        for doc in iter_documents(src, shuffle_seed=seed):
+            if is_heldout(doc, heldout_fraction):
+                heldout.append(doc)
+            else:
+                yield doc
 
 
 def tokenize_language(
@@ -148,47 +197,56 @@ def tokenize_language(
     heldout_fraction: float,
     heldout_max_docs: int,
     batch_docs: int = 256,
+    seed: int = 0,
 ) -> LanguageStream:
-    """Tokenize one language's sources until ``budget`` tokens (documents kept whole).
+    """Tokenize a seeded random sample of one language's documents, ``budget`` tokens.
 
-    Each document becomes the tokenizer's own encoding (with BOS where the model
-    expects it) followed by EOS, so packed blocks have EOS between documents.
-    Reading stops as soon as the budget is met, which keeps hub streaming cheap.
+    Documents are kept whole (but the last, cut at the budget) and taken in a
+    random order fixed by ``seed`` (see the module docstring), so the budget is
+    a sample of the whole text, not its first documents. Each document becomes
+    the tokenizer's own encoding (with BOS where the model expects it) followed
+    by EOS, so packed blocks have EOS between documents. A hub dataset is read
+    only until the budget is met. Held-out documents that nearly duplicate a
+    tokenized training document are dropped; the first ``heldout_max_docs`` of
+    the rest, in source order, are kept.
     """
     out = LanguageStream(lang=sources[0].lang)
     eos = tokenizer.eos_token_id
     if eos is None:
         raise LayraError("the tokenizer has no EOS token; packing needs one between documents")
+    heldout: list[str] = []
+    used: list[str] = []  # training documents tokenized, in order
+    starts: list[int] = []  # where each begins in out.tokens
     pending: list[str] = []
 
     def flush() -> None:
         enc = tokenizer(pending, add_special_tokens=True)["input_ids"]
         for ids in enc:
+            starts.append(len(out.tokens))
             out.tokens.extend(ids)
             out.tokens.append(eos)
-        out.documents += len(pending)
+        used.extend(pending)
         pending.clear()
 
-    for src in sources:
-        for doc in iter_documents(src):
-            if is_heldout(doc, heldout_fraction):
-                if len(out.heldout) < heldout_max_docs:
-                    out.heldout.append(doc)
-                continue
-            pending.append(doc)
-            if len(pending) >= batch_docs:
-                flush()
-                if budget is not None and len(out.tokens) >= budget:
-                    break
-        if budget is not None and len(out.tokens) >= budget:
-            break
+    for doc in _training_documents(sources, heldout_fraction, heldout, seed):
+        pending.append(doc)
+        if len(pending) >= batch_docs:
+            flush()
+            if budget is not None and len(out.tokens) >= budget:
+                break
     if pending:
         flush()
-    if out.documents == 0:
+    if not used:
         names = ", ".join(s.path for s in sources)
         raise LayraError(f"no training documents for language {out.lang} in {names} (empty file?)")
     if budget is not None:
         del out.tokens[budget:]
+        # The last batch may reach past the budget: only documents with tokens kept count.
+        del used[sum(st < budget for st in starts) :]
+    out.documents = len(used)
+    near = near_duplicates(heldout, used) if heldout else {}
+    out.heldout_near_duplicates = len(near)
+    out.heldout = [d for i, d in enumerate(heldout) if i not in near][:heldout_max_docs]
     return out
 
 
@@ -227,7 +285,7 @@ def build_dataset(cfg: DataConfig, tokenizer, seed: int = 0, progress: bool = Fa
             print(f"  reading and tokenizing {lang} ...", flush=True)
         srcs = [s for s in cfg.sources if s.lang == lang]
         streams[lang] = tokenize_language(
-            srcs, tokenizer, budgets[lang], cfg.heldout_fraction, cfg.heldout_max_docs
+            srcs, tokenizer, budgets[lang], cfg.heldout_fraction, cfg.heldout_max_docs, seed=seed
         )
     if cfg.mix == "equal" and cfg.max_tokens is None and len(langs) > 1:
         smallest = min(len(s.tokens) for s in streams.values())
@@ -263,10 +321,20 @@ def build_dataset(cfg: DataConfig, tokenizer, seed: int = 0, progress: bool = Fa
                 "train_tokens": (len(s.tokens) // cfg.seq_len) * cfg.seq_len,
                 "train_documents": s.documents,
                 "heldout_documents": len(s.heldout),
+                "heldout_near_duplicates": s.heldout_near_duplicates,
                 "blocks": block_lang.count(lang),
             }
             for lang, s in streams.items()
         },
+        "sample": {
+            "seed": seed,
+            "rule": "each language's training documents in a seeded random order (local files "
+            f"shuffled whole; hub datasets by datasets' streaming shuffle, buffer "
+            f"{SHUFFLE_BUFFER}); budgets and equal/concat cuts take the leading documents",
+        },
+        "heldout_rule": f"sha256 of the case/punctuation/space-normalised text < "
+        f"{cfg.heldout_fraction}; held-out documents with word-{NGRAM}-gram Jaccard >= "
+        f"{THRESHOLD} to a tokenized training document dropped",
         "blocks": len(data),
         "seq_len": cfg.seq_len,
         "tokens": int(data.numel()),

@@ -11,6 +11,13 @@
 |           | model's old languages (``method.embedding_rows``) train; every other row  |
 |           | stays bit-identical                                                       |
 
+Weight decay: the trained embedding / head decay at ``method.embeddings_weight_decay``
+(None: ``train.weight_decay``, the paper's 0.1, like every other matrix). AdamW's
+decoupled decay shrinks every row of a tensor it updates, so with decay the rows of
+tokens never seen in training move too; with 0 a row that gets no gradient (an untied
+input embedding's unseen tokens) stays bit-identical. The LM head gets a gradient on
+every row (softmax), so its rows, and a tied embedding's, move either way.
+
 Why ``rows`` needs more than a gradient mask: the LM head gets a gradient on every
 vocabulary row (softmax), and AdamW's decoupled weight decay shrinks every row of a
 tensor it updates, gradient or not. So the treatment (a) zeroes the gradient of the
@@ -185,20 +192,31 @@ def row_keep(vocab: int, rows: Sequence[int]) -> torch.Tensor:
 
 
 def apply_treatment(
-    model: nn.Module, treatment: str, lr_scale: float = 1.0, rows: Sequence[int] | None = None
+    model: nn.Module,
+    treatment: str,
+    lr_scale: float = 1.0,
+    rows: Sequence[int] | None = None,
+    weight_decay: float | None = None,
 ) -> list[nn.Parameter]:
-    """Set up ``lowlr`` / ``rows`` on the model's trainable embedding / head tensors.
+    """Set up a treatment on the model's trainable embedding / head tensors.
 
-    ``full`` and ``frozen`` need nothing here (the method's ``requires_grad`` decides);
-    returns the tensors treated. For ``rows`` a gradient hook zeroes every other row
-    and the tensors are marked for no weight decay; for ``lowlr`` they are marked for
-    ``lr x lr_scale`` (see :data:`OPTIM_ATTR`).
+    ``frozen`` needs nothing here (the method's ``requires_grad`` decides), nor
+    ``full`` without ``weight_decay``; returns the tensors marked. For ``rows`` a
+    gradient hook zeroes every other row and the tensors are marked for no weight
+    decay; for ``lowlr`` they are marked for ``lr x lr_scale``; for ``full`` and
+    ``lowlr`` a ``weight_decay`` other than None is marked as theirs (see
+    :data:`OPTIM_ATTR`; None leaves ``train.weight_decay``).
     """
     require(treatment in TREATMENTS, f"unknown embedding treatment {treatment!r}")
-    params = embedding_parameters(model) if treatment in ("lowlr", "rows") else []
+    own: dict[str, float] = {}
+    if weight_decay is not None and treatment in ("full", "lowlr"):
+        own["weight_decay"] = float(weight_decay)
     if treatment == "lowlr":
+        own["lr_scale"] = float(lr_scale)
+    params = embedding_parameters(model) if own or treatment == "rows" else []
+    if treatment in ("full", "lowlr"):
         for p in params:
-            setattr(p, OPTIM_ATTR, {"lr_scale": float(lr_scale)})
+            setattr(p, OPTIM_ATTR, dict(own))
     elif treatment == "rows":
         require(rows is not None, "embedding treatment rows needs the row ids")
         for var in _SHARDING_ENV:

@@ -43,6 +43,8 @@ class MethodPlan:
     k_m_source: str = "config"
     embeddings: str = "frozen"  # full | frozen | lowlr | rows (layra.embeddings)
     embeddings_lr_scale: float | None = None  # lowlr only
+    # AdamW decay of the trained embedding / head; None: train.weight_decay (rows: always 0)
+    embeddings_weight_decay: float | None = None
     embedding_rows: list[int] | None = None  # rows only: the token ids whose rows train
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,7 +90,12 @@ def plan_method(cfg: MethodConfig, depth: int) -> MethodPlan:
         raise LayraError(f"method.name: {cfg.name!r} is not allowed; allowed: {', '.join(METHODS)}")
     if cfg.name == "full":
         return MethodPlan(
-            "full", depth, full_layers=list(range(depth)), train_embeddings=True, embeddings="full"
+            "full",
+            depth,
+            full_layers=list(range(depth)),
+            train_embeddings=True,
+            embeddings="full",
+            embeddings_weight_decay=cfg.embeddings_weight_decay,
         )
     if cfg.name == "lora":
         return MethodPlan("lora", depth, lora_layers=list(range(depth)), train_embeddings=False)
@@ -110,6 +117,7 @@ def plan_method(cfg: MethodConfig, depth: int) -> MethodPlan:
         k_m_source=source,
         embeddings=treatment,
         embeddings_lr_scale=cfg.embeddings_lr_scale if treatment == "lowlr" else None,
+        embeddings_weight_decay=0.0 if treatment == "rows" else cfg.embeddings_weight_decay,
     )
     if cfg.name == "layra":
         plan.lora_layers = layers
@@ -188,9 +196,13 @@ def prepare_model(
     hf = unwrap(model)
     if arch.tied and hf.get_input_embeddings().weight is not hf.get_output_embeddings().weight:
         raise LayraError("internal: tied embeddings became untied while preparing the method")
-    if plan.method in ("layer-selective", "layra"):
+    if plan.method != "lora":
         apply_treatment(
-            model, plan.embeddings, plan.embeddings_lr_scale or 1.0, plan.embedding_rows
+            model,
+            plan.embeddings,
+            plan.embeddings_lr_scale or 1.0,
+            plan.embedding_rows,
+            plan.embeddings_weight_decay,
         )
     return model, plan
 

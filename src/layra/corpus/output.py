@@ -22,9 +22,11 @@ from typing import Any
 from layra.atomic import atomic_dir, atomic_write_json
 from layra.corpus.split import Document, Split, check_fraction, remove_leaks, split_languages
 from layra.errors import LayraError
+from layra.neardup import NGRAM, THRESHOLD
 from layra.provenance import provenance
 
-FORMAT = "layra-corpus/1"
+# 2: held-out paragraphs that nearly duplicate a training paragraph are dropped (layra.neardup).
+FORMAT = "layra-corpus/2"
 
 
 def _jsonable(obj: Any) -> Any:
@@ -48,6 +50,12 @@ def reuse_existing(out: Path, request: dict[str, Any], overwrite: bool) -> Path 
         old = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise LayraError(f"{manifest} is unreadable ({e}); pass --overwrite to rebuild") from e
+    if old.get("format") != FORMAT:
+        raise LayraError(
+            f"output {out} holds a corpus of format {old.get('format')} (this layra writes "
+            f"{FORMAT}: its held-out text may hold near-duplicates of training text); "
+            "pass --overwrite to rebuild it"
+        )
     if old.get("request") != _jsonable(request):
         raise LayraError(
             f"output {out} holds a corpus built with other settings; "
@@ -104,6 +112,12 @@ def write_corpus(
         "request": _jsonable(request),
         "heldout_fraction": heldout_fraction,
         "seed": seed,
+        "near_duplicates": {
+            "rule": f"a held-out paragraph with word-{NGRAM}-gram Jaccard >= {THRESHOLD} with a "
+            "training paragraph of the same language (any source) is dropped",
+            "ngram": NGRAM,
+            "jaccard": THRESHOLD,
+        },
         "sources": {},
         "licenses": sorted(licenses or {}),
         "provenance": provenance(seed=seed),

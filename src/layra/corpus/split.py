@@ -4,7 +4,10 @@
     splits = split_languages(docs_by_lang, fraction=0.1, seed=0)
     splits = remove_leaks(splits)       # across sources: no held-out paragraph in any train
 
-Pure functions: documents in, documents out.
+Pure functions: documents in, documents out. "The same paragraph" is
+:func:`layra.neardup.normal_key` (case, punctuation and spacing ignored); a held-out
+paragraph whose word-3-gram Jaccard with a training paragraph of the same language is
+at least :data:`layra.neardup.THRESHOLD` is dropped as a near-duplicate.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from layra.corpus.text import dedup_key
 from layra.errors import LayraError
+from layra.neardup import near_duplicates, normal_key
 
 
 @dataclass(frozen=True)
@@ -85,13 +88,26 @@ def assign_heldout(sizes: dict[str, int], fraction: float, seed: int) -> set[str
 def _unique(doc: Document, seen: set[str], split: Split, reason: str) -> Document | None:
     kept = []
     for p in doc.paragraphs:
-        k = dedup_key(p)
+        k = normal_key(p)
         if k in seen:
             split.drop(reason)
             continue
         seen.add(k)
         kept.append(p)
     return Document(doc.doc_id, tuple(kept)) if kept else None
+
+
+def _drop_near(heldout: list[Document], train_paras, split: Split, reason: str) -> list[Document]:
+    """``heldout`` without its paragraphs that are near-duplicates of ``train_paras``."""
+    paras = [(d.doc_id, p) for d in heldout for p in d.paragraphs]
+    near = near_duplicates([p for _, p in paras], train_paras)
+    if near:
+        split.drop(reason, len(near))
+    kept: dict[str, list[str]] = {}
+    for i, (doc_id, p) in enumerate(paras):
+        if i not in near:
+            kept.setdefault(doc_id, []).append(p)
+    return [Document(d.doc_id, tuple(kept[d.doc_id])) for d in heldout if d.doc_id in kept]
 
 
 def split_languages(
@@ -108,8 +124,11 @@ def split_languages(
     languages; a document and its translations land on the same side.
     Within a language, a paragraph is kept once (first occurrence in train,
     in document order); a held-out paragraph that also occurs in train is
-    dropped from held-out, so no held-out paragraph, nor a copy of it, is
-    ever trained on.
+    dropped from held-out (``duplicate_of_train``), and so is one that is a
+    near-duplicate of a training paragraph (``near_duplicate_of_train``,
+    :mod:`layra.neardup`), so no held-out paragraph, nor a copy or a light edit
+    of it, is ever trained on. Held-out paragraphs are dropped, not moved to
+    train: the split stays by document, aligned across languages.
     """
     summed: dict[str, int] = {}
     for lang_docs in docs.values():
@@ -127,20 +146,23 @@ def split_languages(
         for d in lang_docs:
             if d.doc_id in held and (u := _unique(d, seen, split, "duplicate_of_train")):
                 split.heldout.append(u)
+        train_paras = (p for d in split.train for p in d.paragraphs)
+        split.heldout = _drop_near(split.heldout, train_paras, split, "near_duplicate_of_train")
         out[lang] = split
     return out
 
 
 def remove_leaks(sources: dict[str, dict[str, Split]]) -> dict[str, dict[str, Split]]:
-    """Drop held-out paragraphs that occur in another source's training text.
+    """Drop held-out paragraphs that occur in, or nearly duplicate, another source's training text.
 
     A model trained on one source and evaluated on another's held-out text
-    must not have seen that text either. Modifies and returns ``sources``.
+    must not have seen that text either (``in_other_source_train``,
+    ``near_duplicate_in_other_source_train``). Modifies and returns ``sources``.
     """
     train_keys: dict[str, dict[str, set[str]]] = {}
     for name, langs in sources.items():
         for lang, split in langs.items():
-            keys = {dedup_key(p) for d in split.train for p in d.paragraphs}
+            keys = {normal_key(p) for d in split.train for p in d.paragraphs}
             train_keys.setdefault(lang, {})[name] = keys
     for name, langs in sources.items():
         for lang, split in langs.items():
@@ -149,9 +171,18 @@ def remove_leaks(sources: dict[str, dict[str, Split]]) -> dict[str, dict[str, Sp
                 continue
             kept = []
             for d in split.heldout:
-                paras = tuple(p for p in d.paragraphs if dedup_key(p) not in others)
+                paras = tuple(p for p in d.paragraphs if normal_key(p) not in others)
                 split.drop("in_other_source_train", len(d.paragraphs) - len(paras))
                 if paras:
                     kept.append(Document(d.doc_id, paras))
-            split.heldout = kept
+            other_train = (
+                p
+                for n, ls in sources.items()
+                if n != name and lang in ls
+                for d in ls[lang].train
+                for p in d.paragraphs
+            )
+            split.heldout = _drop_near(
+                kept, other_train, split, "near_duplicate_in_other_source_train"
+            )
     return sources
