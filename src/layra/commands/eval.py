@@ -49,7 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="held-out text of one language (repeatable)",
     )
     b.add_argument(
-        "--text-dir", metavar="DIR", help="every DIR/LANG.txt, e.g. a run's heldout/ directory"
+        "--text-dir",
+        metavar="DIR",
+        help="every DIR/LANG.txt and DIR/LANG.jsonl, e.g. a run's heldout/ directory",
     )
     b.add_argument("--seq-len", type=int, default=512, help="window length in tokens (512)")
     b.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (8)")
@@ -97,13 +99,13 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def parse_texts(items: list[str], text_dir: str | None) -> list[tuple[str, str]]:
-    """``LANG=PATH`` items plus every ``LANG.txt`` of ``text_dir``, in that order."""
+    """``LANG=PATH`` items plus every ``LANG.txt`` / ``LANG.jsonl`` of ``text_dir``, in order."""
     out = [split_lang_path(item) for item in items]
     if text_dir:
         d = Path(text_dir)
         require(d.is_dir(), f"--text-dir {d} is not a directory")
-        found = sorted(d.glob("*.txt"))
-        require(bool(found), f"--text-dir {d} has no LANG.txt files")
+        found = sorted(p for p in d.iterdir() if p.suffix in (".txt", ".jsonl"))
+        require(bool(found), f"--text-dir {d} has no LANG.txt or LANG.jsonl files")
         out += [(p.stem, str(p)) for p in found]
     if not out:
         raise LayraError("give held-out text with --text LANG=PATH or --text-dir DIR")

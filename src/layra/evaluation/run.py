@@ -20,7 +20,7 @@ import torch
 
 from layra.errors import LayraError, require
 from layra.evaluation import tasks as T
-from layra.evaluation.bpb import bits_per_byte, load_text
+from layra.evaluation.bpb import SCORING, bits_per_byte, load_text
 from layra.evaluation.langs import normalize_lang
 from layra.evaluation.modelspec import LoadedModel, evaluated_fingerprint, load_spec
 from layra.evaluation.store import ResultStore, record_key
@@ -90,7 +90,7 @@ def run_bpb(
     if loaded is None:
         loaded = load_spec(model_arg, dtype=dt)
     model = model_record(loaded, model_arg, name)
-    settings = {"seq_len": seq_len, "dtype": dt}
+    settings = {"seq_len": seq_len, "dtype": dt, "scoring": SCORING}
     out = []
     for text in slices:
         ident = _identity(model, kind="bpb", lang=text.lang, data=text.sha256, settings=settings)
