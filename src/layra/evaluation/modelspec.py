@@ -216,7 +216,7 @@ def load_spec(spec: ModelSpec | str, dtype: str = "float32") -> LoadedModel:
         apply_to_model = _vector_api()
         for v in spec.vectors:
             require(Path(v.path).expanduser().exists(), f"vector {v.path} does not exist")
-        # Same defaults as `layra vector apply` (special-token rows protected), so
+        # Same defaults as `layra vector apply` (no rows protected: Eq. 1-3), so
         # MODEL+VEC:λ scores exactly what the applied directory would.
         handle = apply_to_model(model, [(v.path, v.lam) for v in spec.vectors], tokenizer=tok)
         info["vectors"] = [{"path": v.path, "lambda": v.lam} for v in spec.vectors]

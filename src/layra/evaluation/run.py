@@ -89,6 +89,10 @@ def run_bpb(
     store = ResultStore(store_dir)
     if loaded is None:
         loaded = load_spec(model_arg, dtype=dt)
+        if loaded.vector_handle is not None:
+            from layra.vectors.protect import describe_protected
+
+            say(describe_protected(loaded.vector_handle.record["protected_rows"]))
     model = model_record(loaded, model_arg, name)
     settings = {"seq_len": seq_len, "dtype": dt, "scoring": SCORING}
     out = []

@@ -57,7 +57,8 @@ class GridConfig:
     model: str | None = None  # default: the sweep's model (θ′ for series, θ_instruct for instruct)
     vectors: list[str] = field(default_factory=list)
     lambdas: list[float | list[float]] = field(default_factory=list)
-    protect_rows: str = "special"  # as `layra vector apply --protect-rows`
+    # As `layra vector apply --protect-rows`: auto = special rows for mode instruct only.
+    protect_rows: str = "auto"
 
 
 @dataclass
@@ -81,7 +82,7 @@ class Point:
     model: str | None = None
     vectors: tuple[tuple[str, float], ...] = ()
     instruct: bool = False
-    protect_rows: str = "special"
+    protect_rows: str = "auto"
 
     def definition(self) -> dict[str, Any]:
         """What makes the point what it is (its marker hash covers this)."""

@@ -199,6 +199,7 @@ def _lambda_grid(cfg, g: GridConfig, points: list[Point], markers, evaluate, say
     """Load the grid's model once; per point add the vectors, evaluate, remove them."""
     from layra.evaluation.modelspec import LoadedModel, is_run_dir, load_spec, parse_model_spec
     from layra.vectors import apply_to_model, load_vector
+    from layra.vectors.protect import describe_protected
 
     model = g.model or cfg.model
     require(
@@ -231,6 +232,7 @@ def _lambda_grid(cfg, g: GridConfig, points: list[Point], markers, evaluate, say
             protect_rows=p.protect_rows,
             instruct=p.instruct,
         )
+        say(f"  {describe_protected(handle.record['protected_rows'], p.protect_rows)}")
         try:
             info = {
                 **base.info,
