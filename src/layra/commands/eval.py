@@ -90,6 +90,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--name", help="the model's name in reports (default: from MODEL)")
     p.add_argument(
+        "--seed",
+        type=int,
+        help="MODEL's training seed; a report groups one name's seeds into a mean and "
+        "interval (default: train.seed of a run directory, else none)",
+    )
+    p.add_argument(
         "--dtype",
         default="fp32",
         choices=["fp32", "bf16"],
@@ -121,7 +127,7 @@ def run_bpb(args: argparse.Namespace) -> int:
 
     run(args.model, parse_texts(args.text, args.text_dir), args.store, name=args.name,
         seq_len=args.seq_len, batch_size=args.batch_size, dtype=args.dtype,
-        max_bytes=args.max_bytes, force=args.force)  # fmt: skip
+        max_bytes=args.max_bytes, force=args.force, seed=args.seed)  # fmt: skip
     return 0
 
 
@@ -130,5 +136,5 @@ def run_tasks(args: argparse.Namespace) -> int:
 
     run(args.model, _split(args.tasks), _split(args.langs), args.store, task_dir=args.task_dir,
         limit=args.limit, name=args.name, batch_size=args.batch_size, dtype=args.dtype,
-        force=args.force)  # fmt: skip
+        force=args.force, seed=args.seed)  # fmt: skip
     return 0
