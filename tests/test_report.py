@@ -3,8 +3,10 @@
 import csv
 import io
 import json
+import math
 import struct
 
+import numpy as np
 import pytest
 
 from layra.cli import main
@@ -64,9 +66,10 @@ def test_table_numbers_equal_inputs_and_signs():
 def test_markdown_and_csv():
     tables = build_tables(records(), "PT", parse_new(["glg"]))
     md = to_markdown(tables)
-    assert "| model | eng | spa | glg | Avg | Learning Δ | Retention Δ | new |" in md
-    assert "| full-gl | 1.3000 | 1.5000 | 1.1000 | 1.3000 | +0.9000 | -0.3000 | glg |" in md
-    assert "| layra-gl | 48.0 | 46.0 | 47.0 | +6.0 | -2.0 | glg |" in md
+    assert "| model | seeds | eng | spa | glg | Avg | Learning Δ | Retention Δ | new |" in md
+    assert "| full-gl | 1 | 1.3000 | 1.5000 | 1.1000 | 1.3000 | +0.9000 | -0.3000 | glg |" in md
+    assert "| layra-gl | 1 | 48.0 | 46.0 | 47.0 | +6.0 | -2.0 | glg |" in md
+    assert "Seeds per model: 1 (column seeds); one seed each: no interval" in md
     assert "lower is better" in md and "base − model" in md and "model − base" in md
     rows = list(csv.DictReader(io.StringIO(to_csv(tables[0]))))
     got = {r["model"]: {la: float(r[la]) for la in ("eng", "spa", "glg")} for r in rows}
@@ -99,7 +102,7 @@ def test_missing_cells_and_superseded_records():
     lay = bpb.rows[2]
     assert "spa" not in lay.values and lay.avg is None
     assert lay.retention == pytest.approx(0.9 - 1.05)
-    assert "| layra-gl | 1.0500 | – | 1.4000 | – |" in to_markdown([bpb])
+    assert "| layra-gl | 1 | 1.0500 | – | 1.4000 | – |" in to_markdown([bpb])
 
 
 def test_report_refuses_incomparable_and_unknown_base():
@@ -150,3 +153,84 @@ def test_cli_report(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nothing"), "--base", "PT"]) == 2
     assert "do not exist" in capsys.readouterr().err
+
+
+def seeded(name, lang, seed, doc_nll, doc_bytes, sha=None):
+    """A bpb record of one seed with per-document NLL (nats) and bytes, as run_bpb writes."""
+    r = rec(name, "bpb", lang, sum(doc_nll) / (math.log(2) * sum(doc_bytes)), sha=sha)
+    r["key"] = record_key({"name": name, "lang": lang, "seed": seed})
+    r["model"]["seed"] = seed
+    r["details"] = {"doc_nll": list(doc_nll), "doc_bytes": list(doc_bytes)}
+    return r
+
+
+def _synthetic(rng, shift_new, shift_old, seed_sd, docs=60):
+    """PT (one seed) and a two-seed model "m" on a new (glg) and an old (eng) language.
+
+    Documents' NLL per byte vary a lot; the model moves the documents of glg by
+    ``shift_new`` and of eng by ``shift_old`` nats per byte on average, each document by its
+    own amount (document noise: sd 0.05), plus a per-seed offset (seed noise)."""
+    nbytes = rng.integers(50, 400, size=docs).astype(float)
+    out = []
+    for lang, shift in (("glg", shift_new), ("eng", shift_old)):
+        rate = rng.uniform(0.8, 2.4, size=docs)  # nats per byte of each document under PT
+        out.append(seeded("PT", lang, None, rate * nbytes, nbytes))
+        noise = rng.normal(0, 0.05, size=docs)
+        moved = rate - shift + noise - np.average(noise, weights=nbytes)  # mean shift exact
+        for seed in (0, 1):
+            off = seed_sd * (1 if seed else -1)
+            out.append(seeded("m", lang, seed, (moved + off) * nbytes, nbytes))
+    return out
+
+
+def test_seeds_are_one_row_with_mean_and_bootstrap_interval():
+    recs = _synthetic(np.random.default_rng(1), shift_new=0.3, shift_old=-0.002, seed_sd=0.001)
+    (t,) = build_tables(recs, "PT", parse_new(["glg"]))
+    pt, m = t.rows
+    assert (pt.seeds, m.seeds) == (1, 2) and pt.learning_ci is None
+    # The mean over seeds: the seed offsets cancel; Learning = 0.3 nats/byte in bits.
+    assert m.learning == pytest.approx(0.3 / math.log(2), rel=1e-6)
+    lo, hi = m.learning_ci
+    assert lo < m.learning < hi and lo > 0  # a real improvement: outside the noise
+    assert m.learning_noise is False
+    # Retention moved by 0.002 nats/byte while documents differ by ~0.5: inside the noise.
+    lo, hi = m.retention_ci
+    assert lo < 0 < hi and m.retention_noise is True
+    # The interval reflects both sources: more seed spread, a wider interval.
+    wide = build_tables(_synthetic(np.random.default_rng(1), 0.3, -0.002, 0.2), "PT",
+                        parse_new(["glg"]))[0].rows[1]  # fmt: skip
+    assert wide.learning_ci[1] - wide.learning_ci[0] > 2 * (hi - lo)
+    # Deterministic: the same records give the same interval.
+    again = build_tables(recs, "PT", parse_new(["glg"]))[0].rows[1]
+    assert again.learning_ci == m.learning_ci
+
+
+def test_bootstrap_interval_covers_a_hand_computed_spread():
+    """Two seeds, no document noise: the seed bootstrap draws (a,a), (a,b), (b,b) — the
+    interval spans the two seeds' improvements."""
+    nb = [100.0] * 5
+    recs = [seeded("PT", "glg", None, [100.0] * 5, nb), seeded("PT", "eng", None, [100.0] * 5, nb)]
+    for seed, learn in ((0, 10.0), (1, 30.0)):
+        recs.append(seeded("m", "glg", seed, [100.0 - learn] * 5, nb))
+        recs.append(seeded("m", "eng", seed, [100.0] * 5, nb))
+    m = build_tables(recs, "PT", parse_new(["glg"]))[0].rows[1]
+    per_seed = [learn / 100 / math.log(2) for learn in (10.0, 30.0)]
+    assert m.learning == pytest.approx(sum(per_seed) / 2)
+    assert m.learning_ci == pytest.approx(tuple(per_seed))
+    assert m.retention_ci == (0.0, 0.0) and m.retention_noise is True
+
+
+def test_markdown_states_seeds_and_marks_noise(tmp_path):
+    recs = _synthetic(np.random.default_rng(1), shift_new=0.3, shift_old=-0.002, seed_sd=0.001)
+    (t,) = build_tables(recs, "PT", parse_new(["glg"]))
+    md = to_markdown([t])
+    assert "Seeds per model: 1–2 (column seeds)" in md and "95% bootstrap interval" in md
+    m = t.rows[1]
+    lo, hi = m.learning_ci
+    assert "| m | 2 | " in md
+    assert f"{m.learning:+.4f} [{lo:+.4f}, {hi:+.4f}]" in md  # no mark: outside the noise
+    lo, hi = m.retention_ci
+    assert f"{m.retention:+.4f}° [{lo:+.4f}, {hi:+.4f}]" in md
+    row = next(r for r in csv.DictReader(io.StringIO(to_csv(t))) if r["model"] == "m")
+    assert row["seeds"] == "2" and float(row["retention_lo"]) == pytest.approx(lo)
+    assert t.to_dict()["rows"][1]["retention_noise"] is True

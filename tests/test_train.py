@@ -94,7 +94,7 @@ def test_training_lowers_loss_keeps_ties_and_outputs_reload(
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete" and run["tied"] is True
     assert run["base_model"] == str(mdir.resolve())
-    assert (out / "heldout" / "glg.txt").exists() and (out / "config.yaml").exists()
+    assert (out / "heldout" / "glg.jsonl").exists() and (out / "config.yaml").exists()
 
     ids = torch.randint(0, 300, (2, 10))
     model.eval()

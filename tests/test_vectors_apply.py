@@ -19,8 +19,9 @@ from transformers import AutoModelForCausalLM
 from layra.models import load_model
 from layra.vectors import apply_to_dir, apply_to_model, combine, extract_run, load_vector
 
-CASES = [
+CASES = [  # every method on an untied (llama) and a tied (gemma3_text, qwen2) model
     ("llama", "lora"),
+    ("qwen2", "lora"),
     ("llama", "layra"),
     ("llama", "full"),
     ("llama", "layer-selective"),
@@ -52,7 +53,9 @@ def test_applied_vector_reproduces_the_trained_model(arch, method, model_dirs, t
         emb = manifest["tensors"]["model.embed_tokens.weight"]
         assert emb.get("aliases", []) == (["lm_head.weight"] if tied else [])
 
-    apply_to_dir(base, [(tmp_path / "vec", 1.0)], tmp_path / "out", protect_rows="none")
+    # Defaults: Eq. 1 exactly, special-token rows included (the run trained them too).
+    rec = apply_to_dir(base, [(tmp_path / "vec", 1.0)], tmp_path / "out")
+    assert rec["protected_rows"] == []
     out = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     want = logits(ref)
     torch.testing.assert_close(logits(out), want, atol=1e-5, rtol=1e-5)
@@ -63,8 +66,9 @@ def test_applied_vector_reproduces_the_trained_model(arch, method, model_dirs, t
 
     # The same in memory, and removing it restores the base exactly.
     before = {n: p.detach().clone() for n, p in base_model.named_parameters()}
-    with apply_to_model(base_model, [(tmp_path / "vec", 1.0)], tok, protect_rows="none"):
+    with apply_to_model(base_model, [(tmp_path / "vec", 1.0)], tok) as handle:
         torch.testing.assert_close(logits(base_model), want, atol=1e-5, rtol=1e-5)
+        assert handle.record["protected_rows"] == []
     for n, p in base_model.named_parameters():
         assert torch.equal(p, before[n]), n
 
@@ -76,7 +80,8 @@ def test_record_names_vectors_lambdas_and_output_fingerprint(model_dirs, tmp_pat
     rec = apply_to_dir(base, [(tmp_path / "vec", 0.7)], tmp_path / "out")
     saved = json.loads((tmp_path / "out" / "layra_vector_apply.json").read_text())
     assert saved["vectors"][0]["lambda"] == 0.7 and saved["vectors"][0]["match"] == "weights"
-    assert saved["forced"] is False and saved["protected_rows"] == [0, 1, 2, 3]
+    assert saved["forced"] is False and saved["protected_rows"] == []
+    assert saved["protect_rows"] == "none"  # "auto" without --instruct
     assert saved["output_fingerprint"] == rec["output_fingerprint"]
     from layra.fingerprint import model_fingerprint
 
@@ -228,3 +233,31 @@ def test_reshard_and_bf16_are_kept(model_dirs, tmp_path):
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "many").eval()
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "one").eval()
     assert torch.equal(logits(a), logits(b))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_cli_apply_and_model_plus_vec_protect_nothing_by_default(
+    arch, model_dirs, tmp_path, capsys
+):
+    """`layra vector apply BASE VEC:1.0` and `eval MODEL+VEC` give the trained model; the
+    command says what it protected; only --instruct (Eq. 4) protects special rows."""
+    from layra.cli import main
+    from layra.evaluation.modelspec import load_spec
+
+    base = model_dirs[arch]
+    run, ref = make_run(tmp_path / "run", base, "layra")
+    extract_run(run, tmp_path / "vec")
+    assert main(["vector", "apply", str(base), f"{tmp_path / 'vec'}:1.0",
+                 "--out", str(tmp_path / "out")]) == 0  # fmt: skip
+    assert "protected rows: none" in capsys.readouterr().out
+    want = logits(ref)
+    out = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    torch.testing.assert_close(logits(out), want, atol=1e-5, rtol=1e-5)
+    loaded = load_spec(f"{base}+{tmp_path / 'vec'}:1")
+    torch.testing.assert_close(logits(loaded.model), want, atol=1e-5, rtol=1e-5)
+
+    assert main(["vector", "apply", str(base), str(tmp_path / "vec"), "--instruct",
+                 "--out", str(tmp_path / "instr")]) == 0  # fmt: skip
+    assert "protected rows: 4 embedding / head rows" in capsys.readouterr().out
+    t0, ti = tensors(base), tensors(tmp_path / "instr")
+    assert torch.equal(ti["model.embed_tokens.weight"][:4], t0["model.embed_tokens.weight"][:4])

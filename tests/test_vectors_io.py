@@ -190,7 +190,7 @@ def test_in_memory_route_and_show(model_dirs, tmp_path, capsys):
     model, tok = load_model(str(base))
     vec = load_vector(tmp_path / "vec")
     rec = _apply_live(
-        LiveModel(model, tok), [(vec, 0.5)], tmp_path / "live", False, False, "special", None, False
+        LiveModel(model, tok), [(vec, 0.5)], tmp_path / "live", False, False, "auto", None, False
     )
     assert rec["output_fingerprint"] == ModelDir(tmp_path / "streamed").fingerprint()
     ours, theirs = tensors(tmp_path / "streamed"), tensors(tmp_path / "live")

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from layra.config import DataConfig, SourceConfig
+from layra.documents import documents_jsonl, read_documents, split_documents
 from layra.errors import LayraError
 from layra.neardup import NGRAM, THRESHOLD, near_duplicates, normal_key
 
@@ -95,10 +96,7 @@ def _read_txt(path: str) -> Iterator[str]:
         raise LayraError(
             f"{path}: not valid UTF-8 (byte {e.start}); convert it to UTF-8 first"
         ) from e
-    for para in text.replace("\r\n", "\n").split("\n\n"):
-        para = para.strip()
-        if para:
-            yield para
+    yield from split_documents(text)
 
 
 def iter_documents(src: SourceConfig, shuffle_seed: int | None = None) -> Iterator[str]:
@@ -358,9 +356,8 @@ def save_packed(packed: PackedData, directory: Path) -> None:
     )
     tmp.replace(directory / "data.safetensors")
     for lang, docs in packed.heldout.items():
-        atomic_write_text(
-            directory / "heldout" / f"{lang}.txt", "\n\n".join(docs) + ("\n" if docs else "")
-        )
+        # JSONL: a document with blank lines inside (a JSONL row) stays one document.
+        atomic_write_text(directory / "heldout" / f"{lang}.jsonl", documents_jsonl(docs))
     atomic_write_json(directory / "data_stats.json", packed.stats)
 
 
@@ -371,8 +368,8 @@ def load_packed(directory: Path) -> PackedData:
         blocks = f.get_tensor("blocks")
         block_lang = json.loads(f.metadata()["block_lang"])
     heldout = {}
-    for p in sorted((directory / "heldout").glob("*.txt")):
-        text = p.read_text(encoding="utf-8").strip()
-        heldout[p.stem] = [d for d in text.split("\n\n") if d] if text else []
+    for p in sorted((directory / "heldout").glob("*.*"), key=lambda p: p.suffix != ".jsonl"):
+        if p.suffix in (".jsonl", ".txt"):  # .txt: a run saved before held-out text was JSONL
+            heldout.setdefault(p.stem, read_documents(p))
     stats = json.loads((directory / "data_stats.json").read_text())
     return PackedData(blocks, block_lang, heldout, stats)

@@ -49,7 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="held-out text of one language (repeatable)",
     )
     b.add_argument(
-        "--text-dir", metavar="DIR", help="every DIR/LANG.txt, e.g. a run's heldout/ directory"
+        "--text-dir",
+        metavar="DIR",
+        help="every DIR/LANG.txt and DIR/LANG.jsonl, e.g. a run's heldout/ directory",
     )
     b.add_argument("--seq-len", type=int, default=512, help="window length in tokens (512)")
     b.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (8)")
@@ -88,6 +90,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--name", help="the model's name in reports (default: from MODEL)")
     p.add_argument(
+        "--seed",
+        type=int,
+        help="MODEL's training seed; a report groups one name's seeds into a mean and "
+        "interval (default: train.seed of a run directory, else none)",
+    )
+    p.add_argument(
         "--dtype",
         default="auto",
         choices=["auto", "fp32", "bf16"],
@@ -98,13 +106,13 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def parse_texts(items: list[str], text_dir: str | None) -> list[tuple[str, str]]:
-    """``LANG=PATH`` items plus every ``LANG.txt`` of ``text_dir``, in that order."""
+    """``LANG=PATH`` items plus every ``LANG.txt`` / ``LANG.jsonl`` of ``text_dir``, in order."""
     out = [split_lang_path(item) for item in items]
     if text_dir:
         d = Path(text_dir)
         require(d.is_dir(), f"--text-dir {d} is not a directory")
-        found = sorted(d.glob("*.txt"))
-        require(bool(found), f"--text-dir {d} has no LANG.txt files")
+        found = sorted(p for p in d.iterdir() if p.suffix in (".txt", ".jsonl"))
+        require(bool(found), f"--text-dir {d} has no LANG.txt or LANG.jsonl files")
         out += [(p.stem, str(p)) for p in found]
     if not out:
         raise LayraError("give held-out text with --text LANG=PATH or --text-dir DIR")
@@ -120,7 +128,7 @@ def run_bpb(args: argparse.Namespace) -> int:
 
     run(args.model, parse_texts(args.text, args.text_dir), args.store, name=args.name,
         seq_len=args.seq_len, batch_size=args.batch_size, dtype=args.dtype,
-        max_bytes=args.max_bytes, force=args.force)  # fmt: skip
+        max_bytes=args.max_bytes, force=args.force, seed=args.seed)  # fmt: skip
     return 0
 
 
@@ -129,5 +137,5 @@ def run_tasks(args: argparse.Namespace) -> int:
 
     run(args.model, _split(args.tasks), _split(args.langs), args.store, task_dir=args.task_dir,
         limit=args.limit, name=args.name, batch_size=args.batch_size, dtype=args.dtype,
-        force=args.force)  # fmt: skip
+        force=args.force, seed=args.seed)  # fmt: skip
     return 0

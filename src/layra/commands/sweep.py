@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         points = expand(cfg)
         check_plans(points)
         for pt in points:
-            print(f"{pt.kind:6} {pt.name}")
+            print(f"{pt.kind:6} {pt.name}" + ("" if pt.seed is None else f" (seed {pt.seed})"))
         return 0
     run_sweep(cfg, progress=not args.quiet)
     return 0

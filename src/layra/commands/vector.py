@@ -10,7 +10,7 @@ import argparse
 
 from layra.cli import subparser
 
-DEFAULT_PROTECT = "special"  # = layra.vectors.protect.DEFAULT; not imported, to keep --help fast
+DEFAULT_PROTECT = "auto"  # = layra.vectors.protect.DEFAULT; not imported, to keep --help fast
 
 
 def _weighted(specs: list[str], require_lambda: bool = False) -> list[tuple[str, float]]:
@@ -56,6 +56,7 @@ def _combine(args: argparse.Namespace) -> None:
 
 def _apply(args: argparse.Namespace) -> None:
     from layra.vectors import apply_to_dir
+    from layra.vectors.protect import describe_protected
 
     rec = apply_to_dir(
         args.model,
@@ -69,10 +70,8 @@ def _apply(args: argparse.Namespace) -> None:
         gguf_file=args.gguf_file,
     )
     used = ", ".join(f"{v['path']}:{v['lambda']:g} ({v['match']})" for v in rec["vectors"])
-    print(
-        f"wrote {args.out}: {used}; {len(rec['protected_rows'])} protected rows; "
-        f"fingerprint {rec['output_fingerprint']['weights']}"
-    )
+    print(f"wrote {args.out}: {used}; fingerprint {rec['output_fingerprint']['weights']}")
+    print(describe_protected(rec["protected_rows"], rec.get("protect_rows")))
     if rec["forced"]:
         print("note: --force applied a vector to weights it was not trained from (recorded)")
 
@@ -163,8 +162,9 @@ def register(sub) -> None:
         "--protect-rows",
         default=DEFAULT_PROTECT,
         metavar="SPEC",
-        help="embedding/head rows left untouched: 'special' (special and chat-template "
-        "tokens, default), 'none', or token ids, comma-separated (e.g. special,17)",
+        help="embedding/head rows left untouched: 'auto' (default: 'special' with --instruct, "
+        "else 'none', as Eq. 1-3 have no exclusion), 'special' (special and chat-template "
+        "tokens), 'none', or token ids, comma-separated (e.g. special,17)",
     )
     a.add_argument("--max-shard-size", help="re-shard the output (e.g. 2GB); default: as MODEL")
     a.add_argument("--gguf-file", help="GGUF file inside MODEL (loaded in memory)")

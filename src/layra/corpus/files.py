@@ -13,7 +13,6 @@ every language shares the id ``n``, so parallel files split alike.
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 
 from layra.cli import split_lang_path
@@ -23,9 +22,8 @@ from layra.corpus.langs import check_lang_code
 from layra.corpus.output import reuse_existing, summary_lines, write_corpus
 from layra.corpus.split import Document, check_fraction
 from layra.data import iter_documents
+from layra.documents import split_documents
 from layra.errors import LayraError
-
-_BLANK_LINE = re.compile(r"\n\s*\n")
 
 
 def parse_inputs(specs: list[str]) -> dict[str, list[str]]:
@@ -40,8 +38,8 @@ def parse_inputs(specs: list[str]) -> dict[str, list[str]]:
 
 
 def document_paragraphs(text: str) -> tuple[str, ...]:
-    """A document's paragraphs: its blank-line separated blocks, stripped."""
-    return tuple(p.strip() for p in _BLANK_LINE.split(text) if p.strip())
+    """A document's paragraphs: its blank-line separated blocks (:mod:`layra.documents`)."""
+    return tuple(split_documents(text))
 
 
 def read_documents(texts) -> list[Document]:

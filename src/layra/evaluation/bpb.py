@@ -2,25 +2,31 @@
 
     layra eval bpb MODEL --text glg=heldout/gl.txt --text eng=heldout/en.txt
 
-What is measured, exactly:
+What is measured, exactly (:func:`bits_per_byte`; docs/evaluation.md):
 
-1. **Documents.** The file is UTF-8 text whose documents are paragraphs separated by
-   blank (empty or whitespace-only) lines — the format of a run's ``heldout/LANG.txt``.
-   Each document is stripped; empty ones are dropped. With ``max_bytes`` the first
-   documents whose UTF-8 sizes add up to at most ``max_bytes`` are kept (the first
-   document alone, cut at a character boundary, if it is larger).
+1. **Documents.** :func:`layra.documents.read_documents`: a ``.txt`` file's documents
+   are its blank-line separated blocks (the format of a corpus' ``heldout.txt``), a
+   ``.jsonl`` file's are its rows' ``text`` (a run's ``heldout/LANG.jsonl``); stripped,
+   empty ones dropped. With ``max_bytes`` the first documents whose UTF-8 sizes add up
+   to at most ``max_bytes`` are kept (the first document alone, cut at a character
+   boundary, if it is larger).
 2. **Tokens.** Each document is tokenised on its own, without special tokens (text
-   that looks like ``<eos>`` stays text). The documents' tokens are concatenated into
-   one stream with EOS between consecutive documents, as a separator that is never
-   scored.
-3. **Windows.** The stream is cut into consecutive, non-overlapping windows of
-   ``seq_len - 1`` tokens; each is fed as ``[START] + window`` where START is BOS (EOS
-   if the tokenizer has none). So every document token is predicted exactly once,
-   conditioned on the earlier tokens of its window (earlier documents included), and
-   the first token of a window only on START.
+   that looks like ``<eos>`` stays text).
+3. **Windows: each document on its own.** Every window is ``[START] + tokens of one
+   document``, START = BOS (EOS if the tokenizer has no BOS), at most ``seq_len``
+   tokens. A document of up to ``seq_len - 1`` tokens is one window. A longer one is
+   scored in strided windows (:func:`document_windows`): the first holds its first
+   ``W = seq_len - 1`` tokens and scores them all; each next one ends ``S = W // 2``
+   tokens further (the last one ends at the document's end), holds the ``W`` tokens
+   before that end and scores only the tokens not scored yet. So every token is
+   scored exactly once, from START and at least ``W - S`` earlier tokens of its own
+   document (all of them in the first window), and nothing is ever conditioned on
+   or scored across a document boundary: no model is charged or credited for a
+   packing convention.
 4. **Bits per byte** = Σ next-token NLL in nats over the document tokens ÷
    (ln 2 × Σ UTF-8 bytes of the documents). The slice is identified by the sha256 of
-   the documents joined with ``"\\n\\n"`` — exactly the bytes scored plus separators.
+   the documents joined with ``"\\n\\n"``. The per-document NLL and bytes are kept
+   (:attr:`BpbResult.doc_nll`), so reports can resample documents.
 
 Log-probabilities come from the final hidden states a chunk of positions at a time,
 so full-vocabulary logits (262k entries per position for Gemma 3) never exist for a
@@ -32,20 +38,22 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from layra.arch import describe, unwrap
+from layra.documents import read_documents
 from layra.errors import LayraError, require
 
 # Float32 logits for at most this many (position, vocab) entries exist at once: 64 MiB.
 LOGIT_BUDGET = 1 << 24
-_BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n")
+# Names the definition above; part of every record's settings, so a store never serves
+# (and a report never compares) numbers scored another way, e.g. layra's earlier packing.
+SCORING = "per-document/1"
 
 
 @dataclass(frozen=True)
@@ -68,23 +76,21 @@ class BpbResult:
     bpb: float
     nll_nats: float
     n_bytes: int
-    n_tokens: int  # document tokens scored (separators and START excluded)
+    n_tokens: int  # document tokens scored (START excluded)
     n_docs: int
     n_windows: int
     tokens_per_byte: float
     data_sha256: str
     seq_len: int
+    stride: int  # S of the module docstring, step 3
+    scoring: str
     roundtrip_mismatches: int  # documents whose tokens do not decode back to the text
     seconds: float
+    doc_nll: list[float] = field(default_factory=list)  # Σ NLL (nats) of each document
+    doc_bytes: list[int] = field(default_factory=list)  # UTF-8 bytes of each document
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def split_documents(text: str) -> list[str]:
-    """Blank-line separated paragraphs of ``text``, stripped, empty ones dropped."""
-    text = text.replace("\r\n", "\n")
-    return [d.strip() for d in _BLANK_LINES.split(text) if d.strip()]
 
 
 def select_documents(docs: list[str], max_bytes: int | None) -> tuple[list[str], bool]:
@@ -120,12 +126,10 @@ def load_text(lang: str, path: str | Path, max_bytes: int | None = None) -> Text
     p = Path(path)
     require(p.is_file(), f"text file for {lang} not found: {p}")
     try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise LayraError(f"text file {p} is not UTF-8 ({e.reason} at byte {e.start})") from e
-    except OSError as e:
-        raise LayraError(f"cannot read text file {p}: {e.strerror}") from e
-    docs, truncated = select_documents(split_documents(text), max_bytes)
+        all_docs = read_documents(p)
+    except LayraError as e:
+        raise LayraError(f"text file for {lang}: {e}") from e
+    docs, truncated = select_documents(all_docs, max_bytes)
     require(bool(docs), f"text file {p} ({lang}) has no text")
     return TextSlice(
         lang=lang,
@@ -137,37 +141,35 @@ def load_text(lang: str, path: str | Path, max_bytes: int | None = None) -> Text
     )
 
 
-def pack_windows(
-    doc_ids: list[list[int]], seq_len: int, start_id: int, sep_id: int
-) -> list[tuple[list[int], list[bool]]]:
-    """Windows ``(input_ids, scored)`` over the documents' token stream (module docstring, 2–3).
+def stride_for(seq_len: int) -> int:
+    """S: how far each next window of a long document moves (module docstring, step 3)."""
+    return max(1, (seq_len - 1) // 2)
 
-    ``scored[j]`` says whether ``input_ids[j]`` is a document token to predict from
-    ``input_ids[:j]``; the START token and the separators are never scored.
+
+def document_windows(ids: list[int], seq_len: int, start_id: int) -> list[tuple[list[int], int]]:
+    """One document's windows ``(input_ids, n_scored)``; the last ``n_scored`` are scored.
+
+    ``input_ids`` is START plus at most ``seq_len - 1`` of the document's tokens; the
+    windows together score each token exactly once (module docstring, step 3).
     """
     require(seq_len >= 2, f"--seq-len must be at least 2, got {seq_len}")
-    stream: list[int] = []
-    scored: list[bool] = []
-    for i, ids in enumerate(doc_ids):
-        if i:
-            stream.append(sep_id)
-            scored.append(False)
-        stream.extend(ids)
-        scored.extend([True] * len(ids))
-    step = seq_len - 1
-    return [
-        ([start_id, *stream[i : i + step]], [False, *scored[i : i + step]])
-        for i in range(0, len(stream), step)
-    ]
+    width, stride = seq_len - 1, stride_for(seq_len)
+    if not ids:
+        return []
+    done = min(width, len(ids))
+    out = [([start_id, *ids[:done]], done)]
+    while done < len(ids):
+        end = min(len(ids), done + stride)
+        out.append(([start_id, *ids[end - width : end]], end - done))
+        done = end
+    return out
 
 
-def _special_ids(tok) -> tuple[int, int, int]:
-    """(start, separator, pad) token ids; BOS starts windows, EOS separates documents."""
-    eos = tok.eos_token_id
-    bos = tok.bos_token_id if tok.bos_token_id is not None else eos
-    require(eos is not None, "the tokenizer has no EOS token; cannot separate documents")
-    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
-    return bos, eos, pad
+def start_id(tok) -> int:
+    """The token every window starts with: BOS, or EOS if the tokenizer has no BOS."""
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    require(bos is not None, "the tokenizer has neither BOS nor EOS; cannot start a window")
+    return bos
 
 
 def tokenize_documents(tok, docs: tuple[str, ...] | list[str]) -> tuple[list[list[int]], int]:
@@ -189,8 +191,8 @@ def window_nll(
     attention_mask: torch.Tensor,
     scored: torch.Tensor,
     compute_dtype: torch.dtype = torch.float32,
-) -> tuple[float, int]:
-    """Σ NLL (nats, float64) of the scored tokens of a padded batch, and their count.
+) -> torch.Tensor:
+    """Σ NLL (nats, float64, on the CPU) of each row's scored tokens in a padded batch.
 
     ``scored[b, j]`` marks ``input_ids[b, j]`` as a target predicted from position
     ``j - 1``. The decoder runs once; the LM head and log-softmax run on chunks of
@@ -208,16 +210,19 @@ def window_nll(
         target_mask = scored[:, 1:]
         h = hidden[:, :-1][target_mask]
         targets = input_ids[:, 1:][target_mask]
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None]
+        rows = rows.expand_as(target_mask)[target_mask].cpu()
         vocab = head.weight.shape[0]
         chunk = max(1, LOGIT_BUDGET // vocab)
-        total = torch.zeros((), dtype=torch.float64)
+        per_row = torch.zeros(input_ids.shape[0], dtype=torch.float64)
         for i in range(0, h.shape[0], chunk):
             logits = head(h[i : i + chunk]).float()
             if arch.logit_softcap:
                 logits = torch.tanh(logits / arch.logit_softcap) * arch.logit_softcap
             picked = logits.gather(-1, targets[i : i + chunk, None]).squeeze(-1)
-            total += (torch.logsumexp(logits, dim=-1) - picked).double().sum().cpu()
-    return float(total), int(targets.numel())
+            nll = (torch.logsumexp(logits, dim=-1) - picked).double().cpu()
+            per_row.index_add_(0, rows[i : i + chunk], nll)
+    return per_row
 
 
 def bits_per_byte(
@@ -229,10 +234,12 @@ def bits_per_byte(
     compute_dtype: torch.dtype = torch.float32,
     progress: bool = False,
 ) -> BpbResult:
-    """Bits per byte of ``model`` on ``text`` as defined in the module docstring.
+    """Bits per byte of ``model`` on ``text``, each document scored on its own (module doc).
 
-    Deterministic: windows and batches are fixed by the text and the arguments; the
-    result does not depend on ``batch_size`` beyond float rounding.
+    Windows of all documents are batched (padded on the right, with an attention
+    mask; a window never holds two documents), longest first so batches pad little.
+    Deterministic; the result does not depend on ``batch_size`` or on the other
+    documents beyond float rounding.
     """
     require(batch_size >= 1, f"--batch-size must be at least 1, got {batch_size}")
     max_pos = getattr(getattr(unwrap(model).config, "text_config", None) or unwrap(model).config,
@@ -242,13 +249,19 @@ def bits_per_byte(
         f"--seq-len {seq_len} exceeds the model's maximum of {max_pos} positions",
     )
     t0 = time.perf_counter()
-    start_id, sep_id, pad_id = _special_ids(tok)
+    start = start_id(tok)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else start
     doc_ids, mismatches = tokenize_documents(tok, text.docs)
-    windows = pack_windows(doc_ids, seq_len, start_id, sep_id)
+    windows = [
+        (d, ids, n)
+        for d, doc in enumerate(doc_ids)
+        for ids, n in document_windows(doc, seq_len, start)
+    ]
+    windows.sort(key=lambda w: -len(w[1]))  # stable: ties keep document order
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total_nll, total_tokens = 0.0, 0
+    doc_nll = torch.zeros(len(doc_ids), dtype=torch.float64)
     batches = range(0, len(windows), batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -257,21 +270,21 @@ def bits_per_byte(
     try:
         for b in batches:
             group = windows[b : b + batch_size]
-            width = max(len(ids) for ids, _ in group)
+            width = len(group[0][1])
             ids = torch.full((len(group), width), pad_id, dtype=torch.long)
             att = torch.zeros((len(group), width), dtype=torch.long)
             sc = torch.zeros((len(group), width), dtype=torch.bool)
-            for r, (w_ids, w_sc) in enumerate(group):
+            for r, (_, w_ids, n) in enumerate(group):
                 ids[r, : len(w_ids)] = torch.tensor(w_ids)
                 att[r, : len(w_ids)] = 1
-                sc[r, : len(w_sc)] = torch.tensor(w_sc)
-            nll, n = window_nll(model, ids.to(device), att.to(device), sc.to(device), compute_dtype)
-            total_nll += nll
-            total_tokens += n
+                sc[r, len(w_ids) - n : len(w_ids)] = True
+            nll = window_nll(model, ids.to(device), att.to(device), sc.to(device), compute_dtype)
+            doc_nll.index_add_(0, torch.tensor([d for d, _, _ in group]), nll)
     finally:
         model.train(was_training)
     n_tokens = sum(len(d) for d in doc_ids)
-    assert total_tokens == n_tokens, (total_tokens, n_tokens)  # every token scored once
+    assert sum(n for _, _, n in windows) == n_tokens, "every token is scored exactly once"
+    total_nll = float(doc_nll.sum())
     return BpbResult(
         lang=text.lang,
         bpb=total_nll / (math.log(2) * text.n_bytes),
@@ -283,6 +296,10 @@ def bits_per_byte(
         tokens_per_byte=n_tokens / text.n_bytes,
         data_sha256=text.sha256,
         seq_len=seq_len,
+        stride=stride_for(seq_len),
+        scoring=SCORING,
         roundtrip_mismatches=mismatches,
         seconds=time.perf_counter() - t0,
+        doc_nll=doc_nll.tolist(),
+        doc_bytes=[len(d.encode("utf-8")) for d in text.docs],
     )

@@ -161,6 +161,18 @@ def _load_trained_tensors(model, path: Path) -> None:
             p.copy_(t.to(p.dtype))
 
 
+def _run_seed(run: Path) -> int | None:
+    """The run's training seed (``train.seed`` of its config.yaml), None if unknown."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    seed = (cfg.get("train") or {}).get("seed") if isinstance(cfg, dict) else None
+    return seed if isinstance(seed, int) else None
+
+
 def load_run(run: str | Path, dtype: str = "float32") -> tuple[Any, Any, dict[str, Any]]:
     """Load a finished run as the model it trained: ``(model, tokenizer, run info)``."""
     from layra.models import load_model
@@ -173,6 +185,7 @@ def load_run(run: str | Path, dtype: str = "float32") -> tuple[Any, Any, dict[st
         "languages": meta.get("languages"),
         "base_model": meta["base_model"],
         "gguf_file": meta.get("gguf_file"),
+        "seed": _run_seed(run),
     }
     if (run / "model" / "config.json").is_file():
         model, tok = load_model(str(run / "model"), dtype=dtype)
@@ -216,7 +229,7 @@ def load_spec(spec: ModelSpec | str, dtype: str = "float32") -> LoadedModel:
         apply_to_model = _vector_api()
         for v in spec.vectors:
             require(Path(v.path).expanduser().exists(), f"vector {v.path} does not exist")
-        # Same defaults as `layra vector apply` (special-token rows protected), so
+        # Same defaults as `layra vector apply` (no rows protected: Eq. 1-3), so
         # MODEL+VEC:λ scores exactly what the applied directory would.
         handle = apply_to_model(model, [(v.path, v.lam) for v in spec.vectors], tokenizer=tok)
         info["vectors"] = [{"path": v.path, "lambda": v.lam} for v in spec.vectors]

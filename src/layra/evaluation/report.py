@@ -10,22 +10,37 @@ accuracy (in points, like the scores shown as percentages).
 Checks that make a comparison meaningful: within a benchmark and language every
 record must have been computed on the same data (sha256) with the same settings;
 otherwise building the table fails and names the records. When one model has
-several records for a cell, the newest counts and the table's notes say so.
+several records for a cell (and seed), the newest counts and the table's notes say so.
+
+**Seeds.** Records of one model name with different ``model.seed`` (training seeds)
+are one row: its values are means over the seeds, and the row says how many seeds
+it has. With two or more, Learning and Retention get a 95 % percentile bootstrap
+interval (:func:`bootstrap_deltas`): each resample draws the held-out documents
+with replacement (the same draw for every model: the comparison is paired) and the
+row's seeds with replacement; a difference whose interval includes zero is marked
+as inside the noise.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
+import zlib
 from dataclasses import dataclass, field
 from statistics import fmean
 from typing import Any
+
+import numpy as np
 
 from layra.errors import LayraError, require
 from layra.evaluation.langs import normalize_lang
 
 _PERCENT_METRICS = ("acc", "acc_norm", "exact_match")
 _IGNORED_SETTINGS = ("batch_size",)  # do not change the number beyond rounding
+RESAMPLES = 2000  # bootstrap resamples: percentiles of a 95 % interval move < 0.1 σ
+LEVEL = 0.95
+NOISE = "°"  # marks a Learning / Retention whose interval includes zero
 
 
 @dataclass
@@ -37,6 +52,18 @@ class Row:
     avg: float | None = None  # mean over the table's languages (None if any is missing)
     learning: float | None = None
     retention: float | None = None
+    seeds: int = 1  # training seeds averaged in this row
+    learning_ci: tuple[float, float] | None = None  # 95 % interval, with >= 2 seeds
+    retention_ci: tuple[float, float] | None = None
+
+    @property
+    def learning_noise(self) -> bool | None:
+        """Whether Learning's interval includes zero (None without an interval)."""
+        return _includes_zero(self.learning_ci)
+
+    @property
+    def retention_noise(self) -> bool | None:
+        return _includes_zero(self.retention_ci)
 
 
 @dataclass
@@ -55,8 +82,13 @@ class Table:
             "benchmark": self.benchmark, "metric": self.metric,
             "higher_is_better": self.higher_is_better, "unit": self.unit, "base": self.base,
             "langs": self.langs, "notes": self.notes,
-            "rows": [vars(r) | {"new": list(r.new)} for r in self.rows],
+            "rows": [vars(r) | {"new": list(r.new), "learning_noise": r.learning_noise,
+                                "retention_noise": r.retention_noise} for r in self.rows],
         }  # fmt: skip
+
+
+def _includes_zero(ci: tuple[float, float] | None) -> bool | None:
+    return None if ci is None else ci[0] <= 0.0 <= ci[1]
 
 
 def parse_new(items: list[str] | None) -> dict[str | None, tuple[str, ...]]:
@@ -101,6 +133,76 @@ def _mean(xs: list[float]) -> float | None:
     return fmean(xs) if xs else None
 
 
+def _seed(rec: dict[str, Any]) -> Any:
+    return (rec.get("model") or {}).get("seed")
+
+
+def _doc_arrays(rec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    d = rec.get("details") or {}
+    if rec.get("metric") != "bpb" or not d.get("doc_nll") or not d.get("doc_bytes"):
+        return None
+    return np.asarray(d["doc_nll"], dtype=np.float64), np.asarray(d["doc_bytes"], dtype=np.float64)
+
+
+def _rng(*parts: str) -> np.random.Generator:
+    # Seeded by what is drawn for, so a row's interval does not depend on the other rows.
+    return np.random.default_rng(zlib.crc32("|".join(parts).encode("utf-8")))
+
+
+def bootstrap_deltas(
+    cells: dict[tuple[str, Any, str], dict[str, Any]],
+    base: str,
+    name: str,
+    langs: list[str],
+    new: tuple[str, ...],
+    scale: float,
+    sign: float,
+    resamples: int = RESAMPLES,
+) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    """95 % intervals of a row's (Learning, Retention): bootstrap over documents and seeds.
+
+    ``cells`` maps (model name, seed, lang) to a record. Per resample and language,
+    the documents are drawn with replacement — one draw shared by every model, from
+    each bpb record's per-document NLL and bytes (records without them, e.g. task
+    accuracies, contribute their value: seeds only) — then each model's seeds are
+    drawn with replacement and averaged; Learning / Retention are the means of the
+    resampled improvements over the base, as in the table.
+    """
+    deltas: dict[str, np.ndarray] = {}
+    for la in langs:
+        reps = {}
+        for m in (base, name):
+            recs = [r for (n, _, x), r in sorted(cells.items(), key=lambda kv: str(kv[0]))
+                    if n == m and x == la]  # fmt: skip
+            if not recs:
+                break
+            docs = [_doc_arrays(r) for r in recs]
+            per_seed = []
+            for r, arr in zip(recs, docs, strict=True):
+                if arr is None:
+                    per_seed.append(np.full(resamples, float(r["value"]) * scale))
+                    continue
+                nll, nbytes = arr
+                w = _rng("docs", la).multinomial(len(nll), np.full(len(nll), 1 / len(nll)),
+                                                 size=resamples)  # fmt: skip
+                per_seed.append((w @ nll) / (math.log(2) * (w @ nbytes)) * scale)
+            stack = np.stack(per_seed)  # [seeds, resamples]
+            picks = _rng("seeds", m, la).integers(0, len(recs), size=(resamples, len(recs)))
+            reps[m] = stack[picks, np.arange(resamples)[:, None]].mean(axis=1)
+        else:
+            deltas[la] = sign * (reps[name] - reps[base])
+
+    def interval(keep) -> tuple[float, float] | None:
+        chosen = [v for la, v in deltas.items() if keep(la)]
+        if not chosen:
+            return None
+        stat = np.mean(chosen, axis=0)
+        lo, hi = np.quantile(stat, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+        return float(lo), float(hi)
+
+    return interval(lambda la: la in new), interval(lambda la: la not in new)
+
+
 def build_table(
     records: list[dict[str, Any]], base: str, new: dict[str | None, tuple[str, ...]]
 ) -> Table:
@@ -111,41 +213,57 @@ def build_table(
     higher = bool(records[0]["higher_is_better"])
     scale, unit = _scale(metrics[0])
     notes: list[str] = []
-    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    cells: dict[tuple[str, Any, str], dict[str, Any]] = {}  # (name, seed, lang) -> record
     for rec in sorted(records, key=_created):  # newest last, so it wins
-        cell = (rec["model"]["name"], rec["lang"])
+        cell = (rec["model"]["name"], _seed(rec), rec["lang"])
         if cell in cells:
-            notes.append(f"{cell[0]} {cell[1]}: record {cells[cell]['key']} superseded by "
-                         f"newer {rec['key']}")  # fmt: skip
+            seed = "" if cell[1] is None else f" seed {cell[1]}"
+            notes.append(f"{cell[0]}{seed} {cell[2]}: record {cells[cell]['key']} superseded "
+                         f"by newer {rec['key']}")  # fmt: skip
         cells[cell] = rec
     by_lang: dict[str, set[tuple[str, str]]] = {}
-    for (_, lang), rec in cells.items():
+    for (_, _, lang), rec in cells.items():
         by_lang.setdefault(lang, set()).add(_comparable(rec))
     for lang, kinds in by_lang.items():
         if len(kinds) > 1:
-            names = sorted(f"{n} ({r['key']})" for (n, la), r in cells.items() if la == lang)
+            names = sorted(f"{n} ({r['key']})" for (n, _, la), r in cells.items() if la == lang)
             raise LayraError(
                 f"{bench} {lang}: records were computed on different data or settings and "
                 f"cannot be compared: {', '.join(names)}"
             )
-    names = sorted({n for n, _ in cells})
+    names = sorted({n for n, _, _ in cells})
     if base not in names:
         raise LayraError(f"base {base!r} has no {bench} results; models: {', '.join(names)}")
-    rows_new = {n: _row_new(n, [r for (m, _), r in cells.items() if m == n], new) for n in names}
+    rows_new = {n: _row_new(n, [r for (m, _, _), r in cells.items() if m == n], new) for n in names}
     all_new = {x for v in rows_new.values() for x in v}
     langs = sorted(la for la in by_lang if la not in all_new) + sorted(
         la for la in by_lang if la in all_new
     )
     sign = 1.0 if higher else -1.0
-    base_vals = {la: cells[(base, la)]["value"] * scale for la in langs if (base, la) in cells}
+
+    def values_of(name: str) -> dict[str, float]:
+        """Per language, the mean over the seeds that have it."""
+        out = {}
+        for la in langs:
+            vals = [r["value"] * scale for (n, _, x), r in cells.items() if n == name and x == la]
+            if vals:
+                out[la] = fmean(vals)
+        return out
+
+    base_vals = values_of(base)
     rows = []
     for name in [base] + [n for n in names if n != base]:
-        values = {la: cells[(name, la)]["value"] * scale for la in langs if (name, la) in cells}
+        values = values_of(name)
         delta = {la: sign * (v - base_vals[la]) for la, v in values.items() if la in base_vals}
-        row = Row(name=name, values=values, delta=delta, new=rows_new[name])
+        seeds = len({s for n, s, _ in cells if n == name})
+        row = Row(name=name, values=values, delta=delta, new=rows_new[name], seeds=seeds)
         row.avg = _mean([values[la] for la in langs]) if len(values) == len(langs) else None
         row.learning = _mean([d for la, d in delta.items() if la in row.new])
         row.retention = _mean([d for la, d in delta.items() if la not in row.new])
+        if seeds >= 2 and name != base:
+            row.learning_ci, row.retention_ci = bootstrap_deltas(
+                cells, base, name, langs, row.new, scale, sign
+            )
         rows.append(row)
     return Table(bench, metrics[0], higher, unit, base, langs, rows, notes)
 
@@ -178,11 +296,29 @@ def table_header(table: Table) -> str:
     if table.metric == "bpb":
         what = "bits per byte"
     change = "model − base" if table.higher_is_better else "base − model"
-    return (
+    seeds = sorted({r.seeds for r in table.rows})
+    n = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
+    head = (
         f"{table.benchmark}: {what}, {better} is better. Learning / Retention = mean "
         f"improvement over {table.base} ({change}, positive = better) on each row's new / "
-        f"other languages."
+        f"other languages. Seeds per model: {n} (column seeds)"
     )
+    if seeds[-1] < 2:
+        return head + "; one seed each: no interval, differences may be noise."
+    docs = "held-out documents and seeds" if table.metric == "bpb" else "seeds"
+    return head + (
+        f"; rows with ≥ 2 seeds show means over seeds and a {LEVEL:.0%} bootstrap interval "
+        f"[lo, hi] over {docs} ({RESAMPLES} resamples); {NOISE} marks a difference whose "
+        "interval includes 0 (inside the noise)."
+    )
+
+
+def _fmt_delta(x: float | None, ci: tuple[float, float] | None, digits: int) -> str:
+    text = _fmt(x, digits, True)
+    if ci is None:
+        return text
+    mark = NOISE if _includes_zero(ci) else ""
+    return f"{text}{mark} [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
 
 
 def to_markdown(tables: list[Table]) -> str:
@@ -190,12 +326,13 @@ def to_markdown(tables: list[Table]) -> str:
     parts = []
     for t in tables:
         d = _digits(t)
-        head = ["model", *t.langs, "Avg", "Learning Δ", "Retention Δ", "new"]
+        head = ["model", "seeds", *t.langs, "Avg", "Learning Δ", "Retention Δ", "new"]
         lines = [f"## {t.benchmark}", "", table_header(t), "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
         for r in t.rows:
-            cells = [r.name, *(_fmt(r.values.get(la), d) for la in t.langs), _fmt(r.avg, d),
-                     _fmt(r.learning, d, True), _fmt(r.retention, d, True),
+            cells = [r.name, str(r.seeds), *(_fmt(r.values.get(la), d) for la in t.langs),
+                     _fmt(r.avg, d), _fmt_delta(r.learning, r.learning_ci, d),
+                     _fmt_delta(r.retention, r.retention_ci, d),
                      ",".join(r.new) or "–"]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
         lines += [f"\nnote: {n}" for n in t.notes]
@@ -207,8 +344,15 @@ def to_csv(table: Table) -> str:
     """One table as CSV (display units, 12 significant digits; empty cell = missing)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["model", *table.langs, "avg", "learning", "retention", "new"])
+    w.writerow(["model", "seeds", *table.langs, "avg", "learning", "retention", "new",
+                "learning_lo", "learning_hi", "retention_lo", "retention_hi"])  # fmt: skip
     for r in table.rows:
         vals = [r.values.get(la) for la in table.langs] + [r.avg, r.learning, r.retention]
-        w.writerow([r.name, *("" if v is None else f"{v:.12g}" for v in vals), " ".join(r.new)])
+        cis = [*(r.learning_ci or (None, None)), *(r.retention_ci or (None, None))]
+        w.writerow([r.name, r.seeds, *(_num(v) for v in vals), " ".join(r.new),
+                    *(_num(v) for v in cis)])  # fmt: skip
     return buf.getvalue()
+
+
+def _num(v: float | None) -> str:
+    return "" if v is None else f"{v:.12g}"

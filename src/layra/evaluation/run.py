@@ -20,7 +20,7 @@ import torch
 
 from layra.errors import LayraError, require
 from layra.evaluation import tasks as T
-from layra.evaluation.bpb import bits_per_byte, load_text
+from layra.evaluation.bpb import SCORING, bits_per_byte, load_text
 from layra.evaluation.langs import normalize_lang
 from layra.evaluation.modelspec import LoadedModel, evaluated_fingerprint, load_spec
 from layra.evaluation.store import ResultStore, record_key
@@ -54,23 +54,33 @@ def _precision_record(dtype: str) -> dict[str, Any]:
     return resolve_precision(dtype, device="cpu").to_dict()  # the probe is cached
 
 
-def model_record(loaded: LoadedModel, spec_text: str, name: str | None) -> dict[str, Any]:
-    """The ``model`` part of a record: display name, what was loaded, both fingerprints."""
+def model_record(
+    loaded: LoadedModel, spec_text: str, name: str | None, seed: int | None = None
+) -> dict[str, Any]:
+    """The ``model`` part of a record: display name, what was loaded, both fingerprints.
+
+    ``seed`` is the training seed (default: the run's ``train.seed`` when MODEL is a
+    run, else None): a report groups records of one name by seed (mean and interval).
+    """
     from layra.fingerprint import model_fingerprint
 
-    return {
+    rec = {
         "name": name or loaded.spec.default_name(),
         "spec": spec_text,
         **loaded.info,
         "fingerprint": evaluated_fingerprint(loaded.model, loaded.tok),
         "base_fingerprint": model_fingerprint(loaded.model, loaded.tok),
     }
+    rec["seed"] = seed if seed is not None else loaded.info.get("seed")
+    return rec
 
 
 def _identity(model: dict[str, Any], **parts: Any) -> dict[str, Any]:
     # The display name is part of the key: the same weights under two names (a λ=0
-    # point of a sweep and the base) are two rows of a report, so two records.
-    return {"name": model["name"], "weights": model["fingerprint"], **parts}
+    # point of a sweep and the base) are two rows of a report, so two records. So is
+    # the seed: two seeds of one name are two records of one row.
+    seed = {"seed": model["seed"]} if model.get("seed") is not None else {}
+    return {"name": model["name"], "weights": model["fingerprint"], **seed, **parts}
 
 
 def run_bpb(
@@ -86,10 +96,12 @@ def run_bpb(
     progress: bool = True,
     say: Say = _say,
     loaded: LoadedModel | None = None,
+    seed: int | None = None,
 ) -> list[dict[str, Any]]:
     """Bits per byte of a MODEL argument on each ``(lang, path)`` text; one record each.
 
     Returns the records (cached ones included). ``force`` recomputes cached ones.
+    ``seed``: the model's training seed, if MODEL is not a run that records it.
     ``loaded`` is the model ``model_arg`` names, already in memory (loaded with
     ``dtype``): a sweep applies vectors to one loaded model instead of reloading it.
     """
@@ -102,8 +114,12 @@ def run_bpb(
     store = ResultStore(store_dir)
     if loaded is None:
         loaded = load_spec(model_arg, dtype=dt)
-    model = model_record(loaded, model_arg, name)
-    settings = {"seq_len": seq_len, "dtype": dt}
+        if loaded.vector_handle is not None:
+            from layra.vectors.protect import describe_protected
+
+            say(describe_protected(loaded.vector_handle.record["protected_rows"]))
+    model = model_record(loaded, model_arg, name, seed)
+    settings = {"seq_len": seq_len, "dtype": dt, "scoring": SCORING}
     out = []
     for text in slices:
         ident = _identity(model, kind="bpb", lang=text.lang, data=text.sha256, settings=settings)
@@ -153,6 +169,7 @@ def run_tasks(
     dtype: str = "auto",
     force: bool = False,
     say: Say = _say,
+    seed: int | None = None,
 ) -> list[dict[str, Any]]:
     """lm-eval accuracy of a MODEL argument per (task family, language); one record each.
 
@@ -168,7 +185,7 @@ def run_tasks(
         say(f"skipped: {note}")
     store = ResultStore(store_dir)
     loaded = load_spec(model_arg, dtype=dt)
-    model = model_record(loaded, model_arg, name)
+    model = model_record(loaded, model_arg, name, seed)
     lm = None
     out, failures = [], []
     for ref in refs:

@@ -57,7 +57,8 @@ class GridConfig:
     model: str | None = None  # default: the sweep's model (θ′ for series, θ_instruct for instruct)
     vectors: list[str] = field(default_factory=list)
     lambdas: list[float | list[float]] = field(default_factory=list)
-    protect_rows: str = "special"  # as `layra vector apply --protect-rows`
+    # As `layra vector apply --protect-rows`: auto = special rows for mode instruct only.
+    protect_rows: str = "auto"
 
 
 @dataclass
@@ -66,6 +67,9 @@ class SweepConfig:
     out: str = ""
     eval: EvalConfig = field(default_factory=EvalConfig)
     grids: list[GridConfig] = field(default_factory=list)
+    # Training seeds: every train point trains once per seed (train.seed); its seeds are
+    # one row of the report, with a mean and a 95 % interval. Empty: the run's own seed.
+    seeds: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -74,14 +78,15 @@ class Point:
 
     name: str  # display name in records and the report
     grid: str  # "" for the base
-    slug: str  # file-system name inside the grid
+    slug: str  # file-system name inside the grid (",seed=N" included)
     kind: Literal["base", "train", "lambda"]
     params: dict[str, Any] = field(default_factory=dict)
     run: RunConfig | None = None
     model: str | None = None
     vectors: tuple[tuple[str, float], ...] = ()
     instruct: bool = False
-    protect_rows: str = "special"
+    protect_rows: str = "auto"
+    seed: int | None = None  # training seed of a train point, when the sweep has `seeds`
 
     def definition(self) -> dict[str, Any]:
         """What makes the point what it is (its marker hash covers this)."""
@@ -140,6 +145,11 @@ def validate_sweep(cfg: SweepConfig) -> None:
         e.max_bytes is None or e.max_bytes > 0,
         f"eval.max_bytes must be positive, got {e.max_bytes}",
     )
+    require(
+        all(isinstance(x, int) and not isinstance(x, bool) for x in cfg.seeds),
+        f"seeds must be a list of integers, got {cfg.seeds}",
+    )
+    require(len(set(cfg.seeds)) == len(cfg.seeds), f"seeds repeat a value: {cfg.seeds}")
     require(bool(cfg.grids), "grids is empty: give at least one grid (kind train or lambda)")
     names = [g.name for g in cfg.grids]
     for i, g in enumerate(cfg.grids):
@@ -151,6 +161,10 @@ def validate_sweep(cfg: SweepConfig) -> None:
         )
         require(names.count(g.name) == 1, f"grid name {g.name!r} is used twice")
         (_validate_train if g.kind == "train" else _validate_lambda)(g, f"grid {g.name}")
+        require(
+            not (cfg.seeds and "train.seed" in g.axes),
+            f"grid {g.name}: train.seed is an axis and the sweep has seeds; use one of them",
+        )
 
 
 def _validate_train(g: GridConfig, where: str) -> None:
@@ -224,19 +238,25 @@ def train_points(cfg: SweepConfig, g: GridConfig) -> list[Point]:
     shown = [s if short.count(s) == 1 else k for s, k in zip(short, keys, strict=True)]
     points = []
     for values in itertools.product(*(g.axes[k] for k in keys)):
-        slug = _slug(list(zip(shown, values, strict=True)))
-        data = json.loads(json.dumps(base))  # a deep copy that also rejects odd YAML objects
-        data.setdefault("model", {}).setdefault("name_or_path", cfg.model)
+        name = _slug(list(zip(shown, values, strict=True)))
         # JSON is YAML, so each value keeps its type through the override parser.
-        apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in zip(keys, values, strict=True)])
-        data["output_dir"] = str(Path(cfg.out) / "runs" / g.name / slug)
-        try:
-            run = from_dict(RunConfig, data)
-            validate(run)
-        except LayraError as e:
-            raise LayraError(f"grid {g.name}, point {slug}: {e}") from None
-        params = dict(zip(keys, values, strict=True))
-        points.append(Point(f"{g.name}:{slug}", g.name, slug, "train", params, run=run))
+        sets = [f"{k}={json.dumps(v)}" for k, v in zip(keys, values, strict=True)]
+        for seed in cfg.seeds or [None]:
+            # One name for every seed (one report row); one run directory per seed.
+            slug = name if seed is None else f"{name},seed={seed}"
+            data = json.loads(json.dumps(base))  # a deep copy that also rejects odd YAML objects
+            data.setdefault("model", {}).setdefault("name_or_path", cfg.model)
+            apply_overrides(data, sets + ([] if seed is None else [f"train.seed={seed}"]))
+            data["output_dir"] = str(Path(cfg.out) / "runs" / g.name / slug)
+            try:
+                run = from_dict(RunConfig, data)
+                validate(run)
+            except LayraError as e:
+                raise LayraError(f"grid {g.name}, point {slug}: {e}") from None
+            params = dict(zip(keys, values, strict=True))
+            points.append(
+                Point(f"{g.name}:{name}", g.name, slug, "train", params, run=run, seed=seed)
+            )
     return points
 
 
@@ -273,8 +293,8 @@ def expand(cfg: SweepConfig) -> list[Point]:
     points = [Point(cfg.eval.base_name, "", "base", "base", model=cfg.model)]
     for g in cfg.grids:
         points += train_points(cfg, g) if g.kind == "train" else lambda_points(cfg, g)
-    names = [p.name for p in points]
-    dup = sorted({n for n in names if names.count(n) > 1})
+    names = [(p.name, p.seed) for p in points]
+    dup = sorted({n for n, s in names if names.count((n, s)) > 1})
     require(not dup, f"two sweep points are both named {dup[0] if dup else ''}")
     return points
 

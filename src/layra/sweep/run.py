@@ -199,6 +199,7 @@ def _lambda_grid(cfg, g: GridConfig, points: list[Point], markers, evaluate, say
     """Load the grid's model once; per point add the vectors, evaluate, remove them."""
     from layra.evaluation.modelspec import LoadedModel, is_run_dir, load_spec, parse_model_spec
     from layra.vectors import apply_to_model, load_vector
+    from layra.vectors.protect import describe_protected
 
     model = g.model or cfg.model
     require(
@@ -233,6 +234,7 @@ def _lambda_grid(cfg, g: GridConfig, points: list[Point], markers, evaluate, say
             protect_rows=p.protect_rows,
             instruct=p.instruct,
         )
+        say(f"  {describe_protected(handle.record['protected_rows'], p.protect_rows)}")
         try:
             info = {
                 **base.info,
@@ -261,15 +263,16 @@ def _report(cfg: SweepConfig, points: list[Point], store, out: Path, say: Say) -
     report = out / "report"
     atomic_write_text(report / "README.md", to_markdown([table]))
     atomic_write_text(report / "bpb.csv", to_csv(table))
+    firsts = list({p.name: p for p in reversed(points)}.values())[::-1]  # one per row
     plotted = [
         {
             "grid": p.grid,
-            "label": p.slug,
+            "label": p.name.partition(":")[2],
             "learning": rows[p.name].learning,
             "retention": rows[p.name].retention,
             "x": p.params.get("lambda"),
         }
-        for p in points
+        for p in firsts
         if p.kind != "base" and p.name in rows
     ]
     files = [report / "README.md", report / "bpb.csv", report / "tradeoff.png"]
@@ -292,10 +295,14 @@ def _report(cfg: SweepConfig, points: list[Point], store, out: Path, say: Say) -
                 "grid": p.grid,
                 "kind": p.kind,
                 "params": p.params,
+                "seed": p.seed,
                 "run_dir": p.run.output_dir if p.run else None,
                 "values": rows[p.name].values if p.name in rows else None,
                 "learning": rows[p.name].learning if p.name in rows else None,
                 "retention": rows[p.name].retention if p.name in rows else None,
+                "seeds": rows[p.name].seeds if p.name in rows else None,
+                "learning_ci": rows[p.name].learning_ci if p.name in rows else None,
+                "retention_ci": rows[p.name].retention_ci if p.name in rows else None,
             }
             for p in points
         ],

@@ -32,7 +32,7 @@ from layra.provenance import provenance
 from layra.vectors.arithmetic import FP32, add_lowrank_, concat_lowrank, zero_rows
 from layra.vectors.compat import Contribution, Target, check_start, plan
 from layra.vectors.format import Vector, load_vector
-from layra.vectors.protect import DEFAULT, as_index, resolve_rows
+from layra.vectors.protect import DEFAULT, as_index, default_spec, resolve_rows
 from layra.vectors.shards import StreamWriter, TensorInfo, copy_file, read_rows
 from layra.vectors.source import INDEX, LiveModel, ModelDir, open_model
 
@@ -120,6 +120,10 @@ def _record(
     )
 
 
+def _jsonable(spec: Any) -> Any:
+    return spec if spec is None or isinstance(spec, str) else [int(x) for x in spec]
+
+
 # --- in memory -------------------------------------------------------------------------
 
 
@@ -162,6 +166,8 @@ def apply_to_model(
 
     Same checks as :func:`apply_to_dir` (pass the tokenizer: the start-model
     fingerprint covers its vocabulary). Tied embedding/head are updated once.
+    ``protect_rows`` (:mod:`layra.vectors.protect`): by default nothing for Eq. 1–3,
+    special and chat-template rows for ``instruct``.
     """
     weighted = _load(vectors)
     src = LiveModel(model, tokenizer)
@@ -171,7 +177,8 @@ def apply_to_model(
     terms = plan(weighted, target)  # first: its refusals (shape, vocabulary) are the specific ones
     matches = [check_start(v, target, instruct, force) for v, _ in weighted]
     vocab = target.shapes[target.vocab_names[0]][0]
-    rows = resolve_rows(protect_rows, vocab, tokenizer, src.config)
+    spec = default_spec(protect_rows, instruct)
+    rows = resolve_rows(spec, vocab, tokenizer, src.config)
     protect = as_index(rows)
     backup: dict[str, torch.Tensor] = {}
     with torch.no_grad():
@@ -188,7 +195,8 @@ def apply_to_model(
                     p[start:stop].copy_(new)
                 else:
                     p.copy_(new)
-    return Applied(model, backup, _record(weighted, matches, target, instruct, rows))
+    record = _record(weighted, matches, target, instruct, rows, protect_rows=_jsonable(spec))
+    return Applied(model, backup, record)
 
 
 # --- on disk ---------------------------------------------------------------------------
@@ -280,7 +288,8 @@ def apply_to_dir(
     terms = plan(weighted, target)  # first: its refusals (shape, vocabulary) are the specific ones
     matches = [check_start(v, target, instruct, force) for v, _ in weighted]
     vocab = target.shapes[target.vocab_names[0]][0]
-    rows = resolve_rows(protect_rows, vocab, src.tokenizer, src.config)
+    spec = default_spec(protect_rows, instruct)
+    rows = resolve_rows(spec, vocab, src.tokenizer, src.config)
     protect = as_index(rows)
     max_shard = parse_size(max_shard_size) if isinstance(max_shard_size, str) else max_shard_size
     layout = _layout(src, max_shard)
@@ -319,7 +328,10 @@ def apply_to_dir(
             index["metadata"] = {**index.get("metadata", {}), "total_size": total}
             index["weight_map"] = dict(sorted(weight_map.items()))
             atomic_write_json(tmp / INDEX, index)
-        record = _record(weighted, matches, target, instruct, rows, model_record=previous)
+        record = _record(
+            weighted, matches, target, instruct, rows, model_record=previous,
+            protect_rows=_jsonable(spec),
+        )  # fmt: skip
         # The output's fingerprint from the values just written: untouched tensors keep
         # their samples, touched ones were sampled block by block (no second read pass).
         record["output_fingerprint"] = src.fingerprint(samples)

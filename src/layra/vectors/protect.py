@@ -2,9 +2,13 @@
 
 The LM head gets a gradient on every vocabulary row, so a trained head (and
 embedding) delta is dense — it moves special and chat-template tokens too,
-which the instruct model relies on (SPEC, pitfalls). The default, ``"special"``,
-protects the tokenizer's special tokens plus every added token that appears in
-its chat template; ``"none"`` protects nothing; explicit token ids can be added.
+which an instruct model relies on (SPEC, pitfalls). ``"special"`` protects the
+tokenizer's special tokens plus every added token that appears in its chat
+template; ``"none"`` protects nothing; explicit token ids can be added.
+
+The default, ``"auto"``, is ``"none"`` for Eq. 1–3 — the paper's arithmetic has no
+exclusion, and ``<bos>`` trains on every document — and ``"special"`` only for an
+instruct graft (Eq. 4), whose model was not the vector's start.
 """
 
 from __future__ import annotations
@@ -16,7 +20,14 @@ import torch
 
 from layra.errors import LayraError
 
-DEFAULT = "special"
+DEFAULT = "auto"
+
+
+def default_spec(spec: str | Iterable[int] | None, instruct: bool) -> str | Iterable[int] | None:
+    """``spec`` with ``"auto"`` resolved: ``"special"`` for an instruct graft, else ``"none"``."""
+    if isinstance(spec, str) and spec.strip() == "auto":
+        return "special" if instruct else "none"
+    return spec
 
 
 def special_token_ids(tokenizer: Any = None, config: Any = None) -> list[int]:
@@ -43,6 +54,8 @@ def resolve_rows(
 ) -> list[int]:
     """The protected row ids for ``spec``: ``"special"``, ``"none"``, ids, or a mix.
 
+    ``"auto"`` must be resolved first (:func:`default_spec`).
+
     A string is comma-separated, e.g. ``"special,17,42"``. Raises
     :class:`LayraError` for an unknown word or an id outside the vocabulary.
     """
@@ -52,6 +65,8 @@ def resolve_rows(
     rows: set[int] = set()
     for item in items:
         item = item.strip() if isinstance(item, str) else item
+        if item == "auto":
+            raise LayraError("protected rows: 'auto' cannot be combined with other items")
         if item == "special":
             rows.update(special_token_ids(tokenizer, config))
         elif item in ("none", ""):
@@ -61,12 +76,21 @@ def resolve_rows(
                 rows.add(int(item))
             except (TypeError, ValueError) as e:
                 raise LayraError(
-                    f"protected rows: {item!r} is not 'special', 'none' or a token id"
+                    f"protected rows: {item!r} is not 'special', 'none', 'auto' or a token id"
                 ) from e
     bad = [r for r in rows if not 0 <= r < vocab_size]
     if bad:
         raise LayraError(f"protected rows {bad} are outside the vocabulary (0..{vocab_size - 1})")
     return sorted(rows)
+
+
+def describe_protected(rows: list[int], spec: Any = None) -> str:
+    """What an apply left untouched, in one line: "none" unless rows were protected."""
+    if not rows:
+        return "protected rows: none (every embedding / head row gets its delta, as in Eq. 1–3)"
+    shown = ", ".join(map(str, rows[:20])) + (", ..." if len(rows) > 20 else "")
+    how = f" (--protect-rows {spec})" if spec is not None else ""
+    return f"protected rows: {len(rows)} embedding / head rows kept as they were{how}: {shown}"
 
 
 def as_index(rows: list[int]) -> torch.Tensor | None:
