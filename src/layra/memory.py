@@ -136,7 +136,9 @@ def estimate(
 
     Assumptions, per engine:
 
-    * ``ddp``: layra loads weights in fp32 and trains under bf16 autocast; every GPU holds
+    * ``ddp``: weights counted in fp32 under bf16 autocast (true for ``full`` and for fp32
+      checkpoints; on a bf16 checkpoint layra keeps frozen weights in bf16, see
+      ``layra.train.frozen_dtype``, so this overstates lora / layra there); every GPU holds
       all weights (4 B), fp32 gradients of the trainable ones plus DDP's equal-sized
       buckets (8 B), AdamW's two fp32 moments (8 B); autocast's bf16 copies of the matmul
       weights live until backward (2 B each; one layer's worth with checkpointing).

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import yaml
 
+from layra import distributed as dist
 from layra.atomic import atomic_dir, atomic_write_json, atomic_write_text
 from layra.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from layra.config import RunConfig, to_dict, validate
@@ -254,7 +255,12 @@ def train_model(
     # Everything that can fail without weights fails here, before the slow load.
     depth = model_depth(cfg)
     plan_method(cfg.method, depth)
+    dist.check_sharding(cfg)
+    # Each process checks the run directory before any writes into it (rank 0's data,
+    # any rank's tracker files), or a later rank finds it non-empty and refuses.
+    dist.sync_ranks()
     out = prepare_run_dir(cfg, resume, overwrite)
+    dist.sync_ranks()
 
     cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
     if t.device == "cuda" and not torch.cuda.is_available():
@@ -285,7 +291,9 @@ def train_model(
     set_seed(t.seed)
 
     tok = load_tokenizer(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.trust_remote_code)
-    if (out / "data.safetensors").exists():
+    cached = (out / "data.safetensors").exists()
+    dist.sync_ranks()  # every rank has looked before rank 0 writes the cache
+    if cached:
         packed = data_mod.load_packed(out)
         say(f"data: reusing {packed.stats['blocks']} packed blocks from {out}")
     else:
@@ -350,6 +358,9 @@ def train_model(
     warmup = math.ceil(t.warmup * total_steps)
 
     loss_model = LossModule(model, t.loss_chunk)
+    sharded = world > 1 and dist.fsdp_requested()
+    if sharded:
+        dist.shard(loss_model, acc.device)  # before the optimizer: it must see the shards
     # fused: one pass over each tensor instead of ~10 (the CPU default is a per-op loop); it
     # matters for the 262k x 640 embedding Gemma trains. HF Trainer's default is fused too.
     optimizer = torch.optim.AdamW(
@@ -360,12 +371,16 @@ def train_model(
         fused=_fused_adamw_ok(model),
     )
     scheduler = _schedule(optimizer, t.schedule, warmup, total_steps)
-    loss_model, optimizer = acc.prepare(loss_model, optimizer)
+    loss_model, optimizer = dist.prepare(acc, loss_model, optimizer, sharded)
 
     ckpt_root = out / "checkpoints"
     start_step, tokens_seen = 0, 0
     last = latest_checkpoint(ckpt_root) if resume else None
-    if last is not None:
+    if last is not None and dist.is_sharded_checkpoint(last):
+        meta = dist.load_sharded(last, model, optimizer, scheduler, acc)
+        start_step, tokens_seen = meta["step"], meta["tokens"]
+        say(f"resume: from {last} (step {start_step})")
+    elif last is not None:
         meta = load_checkpoint(last, model, optimizer, scheduler)
         start_step, tokens_seen = meta["step"], meta["tokens"]
         say(f"resume: from {last} (step {start_step})")
@@ -378,7 +393,7 @@ def train_model(
         bad = [
             n
             for n, p in model.named_parameters()
-            if p.requires_grad and not torch.isfinite(p).all()
+            if p.requires_grad and not torch.isfinite(dist.local(p)).all()
         ]
         if bad:
             prev = latest_checkpoint(ckpt_root)
@@ -390,14 +405,12 @@ def train_model(
 
     def save(step: int) -> None:
         check_finite(step)
+        state = {"step": step, "tokens": tokens_seen, "seed": t.seed}
+        if sharded:
+            dist.save_sharded(ckpt_root / f"step-{step}", model, optimizer, scheduler, state, acc)
         if acc.is_main_process:
-            save_checkpoint(
-                ckpt_root / f"step-{step}",
-                model,
-                optimizer,
-                scheduler,
-                {"step": step, "tokens": tokens_seen, "seed": t.seed},
-            )
+            if not sharded:
+                save_checkpoint(ckpt_root / f"step-{step}", model, optimizer, scheduler, state)
             prune_checkpoints(ckpt_root, t.keep_checkpoints)
         acc.wait_for_everyone()
 
@@ -485,10 +498,10 @@ def train_model(
     elapsed = time.perf_counter() - t0
     check_finite(total_steps)
 
+    # Under FSDP every rank takes part in gathering the full trained tensors rank 0 writes.
+    full = dist.full_trainable(model) if sharded else None
     if acc.is_main_process:
-        _write_outputs(
-            cfg, out, model, tok, plan, copy_before_merge=keep_model, merged_dtype=load_dtype
-        )
+        _write_outputs(cfg, out, model, tok, plan, keep_model, merged_dtype=load_dtype, full=full)
         summary = {
             "status": "complete",
             "method": plan.method,
@@ -534,9 +547,19 @@ def model_is_tied(model) -> bool:
 
 
 def _write_outputs(
-    cfg: RunConfig, out: Path, model, tok, plan, copy_before_merge: bool, merged_dtype: str
+    cfg: RunConfig,
+    out: Path,
+    model,
+    tok,
+    plan,
+    copy_before_merge: bool,
+    merged_dtype: str,
+    full: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """The adapter or trained tensors, and the merged model if asked (each atomic)."""
+    """The adapter or trained tensors, and the merged model if asked (each atomic).
+
+    ``full``: the trained tensors gathered from a sharded model (by the model's own names).
+    """
     import copy
 
     from safetensors.torch import save_file
@@ -546,10 +569,10 @@ def _write_outputs(
 
     if plan.method in ("lora", "layra"):
         with atomic_dir(out / "adapter", overwrite=True) as tmp:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state_dict=full)
             tok.save_pretrained(tmp)
     else:
-        tensors = trainable_state(unwrap(model))
+        tensors = trainable_state(unwrap(model)) if full is None else dist.hf_names(model, full)
         tmp = out / ".trained.safetensors.tmp"
         save_file(tensors, str(tmp), metadata={"format": "pt", "method": plan.method})
         os.replace(tmp, out / "trained.safetensors")
