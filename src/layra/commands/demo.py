@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "PyPI GGUF package, build Galician/English/Spanish/Portuguese text from Debian\n"
             "packages, train full, lora and layra on Galician, score bits per byte per language\n"
             "and print the learning/retention table and plots. Re-running reuses finished work.\n"
-            "Two timed steps size the budget first: if --tokens / --eval-bytes would not fit in\n"
+            "One timed step sizes the budget first: if --tokens / --eval-bytes would not fit in\n"
             "--minutes on this machine, they are scaled down and the demo says so."
         ),
     )
