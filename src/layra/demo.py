@@ -124,6 +124,31 @@ def run_config(s: DemoSettings, model: str, corpus: Path, method: str) -> RunCon
     )  # fmt: skip
 
 
+def check_settings(s: DemoSettings) -> None:
+    """Refuse what cannot work before any folder is created or any stage starts."""
+    import torch
+
+    from layra.atomic import check_writable
+    from layra.models import check_model_files
+
+    if s.workdir.exists() and not s.workdir.is_dir():
+        raise LayraError(f"--workdir {s.workdir} is a file; choose a directory path")
+    check_writable(s.workdir / "report")
+    if s.device == "cuda" and not torch.cuda.is_available():
+        raise LayraError("--device cuda but no CUDA device is available")
+    if s.model:
+        check_model_files(s.model)
+    if s.corpus:
+        if not Path(s.corpus).is_dir():
+            raise LayraError(
+                f"--corpus {s.corpus} is not a directory (build one with layra corpus)"
+            )
+        eval_texts(Path(s.corpus))
+        train_text = Path(s.corpus) / TRAIN_SOURCE / NEW / "train.txt"
+        if not train_text.is_file():
+            raise LayraError(f"corpus {s.corpus} lacks training text: {train_text}")
+
+
 def run_demo(s: DemoSettings) -> dict:
     """Run every stage; return paths of the table and plots and the measured timings."""
     from layra.evaluation.plots import plot_bars, plot_tradeoff
@@ -132,6 +157,7 @@ def run_demo(s: DemoSettings) -> dict:
     from layra.evaluation.store import load_records
     from layra.train import train
 
+    check_settings(s)
     t_all = time.perf_counter()
     s.workdir.mkdir(parents=True, exist_ok=True)
     _say(f"layra demo: {', '.join(s.methods)} on {NEW} ({s.tokens:,} training tokens each), "
