@@ -145,7 +145,7 @@ def check_weights(p: Path) -> None:
         pickles = sorted(f.name for f in p.iterdir() if f.suffix in _PICKLE_SUFFIXES)
         if pickles:
             raise LayraError(BIN_ONLY.format(path=f"model directory {p}", files=", ".join(pickles)))
-        raise LayraError(f"model directory {p} has no weights (no *.safetensors file)")
+        raise LayraError(f"cannot load model from {p}: it has no weights (no *.safetensors file)")
     for shard in shards:
         try:
             read_header(shard)
