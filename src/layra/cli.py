@@ -8,6 +8,7 @@ function. ``main(argv)`` is callable from tests.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -63,24 +64,72 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
+    _quiet_library_errors()
     try:
         result = args.func(args)
         return int(result or 0)
     except LayraError as e:
         print(f"layra: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.filename is not None and not os.environ.get("LAYRA_DEBUG"):
+            # A file the user named or an output location: theirs to fix, so exit 2.
+            print(f"layra: error: {_os_message(e)}", file=sys.stderr)
+            return 2
+        code = _unforeseen(e)
+        if code is None:
+            raise
+        return code
     except KeyboardInterrupt:
         print("layra: interrupted; finished outputs are kept", file=sys.stderr)
         return 130
     except Exception as e:  # a bug or an unforeseen environment problem
-        if os.environ.get("LAYRA_DEBUG"):
+        code = _unforeseen(e)
+        if code is None:
             raise
-        msg = str(e).strip().splitlines()
-        print(
-            f"layra: error: {type(e).__name__}: {msg[0] if msg else ''} (LAYRA_DEBUG=1 for a traceback)",
-            file=sys.stderr,
-        )
-        return 1
+        return code
+
+
+def _unforeseen(e: BaseException) -> int | None:
+    """Print a bug's one-line summary and return 1; None under LAYRA_DEBUG (re-raise)."""
+    if os.environ.get("LAYRA_DEBUG"):
+        return None
+    msg = str(e).strip().splitlines()
+    print(
+        f"layra: error: {type(e).__name__}: {msg[0] if msg else ''} (LAYRA_DEBUG=1 for a traceback)",
+        file=sys.stderr,
+    )
+    return 1
+
+
+_OS_HINTS = {
+    errno.EACCES: "check its permissions or choose another location",
+    errno.EPERM: "check its permissions or choose another location",
+    errno.EROFS: "the file system is read-only; choose another location",
+    errno.ENOSPC: "the disk is full; free space or choose another location",
+    errno.EDQUOT: "the disk quota is exceeded; free space or choose another location",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a directory; check the path",
+    errno.EISDIR: "it is a directory; give a file",
+    errno.EEXIST: "it already exists; remove it or choose another name",
+}
+
+
+def _os_message(e: OSError) -> str:
+    what = e.strerror or type(e).__name__
+    hint = _OS_HINTS.get(e.errno, "check the path and the disk")
+    return f"{e.filename}: {what}; {hint}"
+
+
+def _quiet_library_errors() -> None:
+    """Keep library log lines that only repeat what layra's own error line says.
+
+    datasets logs "Failed to load JSON from file ..." before raising the error that
+    layra turns into its one line (layra.data.iter_documents).
+    """
+    import logging
+
+    logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
 
 
 def split_lang_path(spec: str, flag: str = "--text") -> tuple[str, str]:

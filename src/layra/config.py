@@ -343,6 +343,24 @@ def validate(cfg: RunConfig) -> None:
         raise LayraError(f"train.max_steps must be at least 1, got {t.max_steps}")
     if t.loss_chunk < 0:
         raise LayraError(f"train.loss_chunk must be 0 (off) or positive, got {t.loss_chunk}")
+    if not t.eps > 0:
+        raise LayraError(f"train.eps must be positive (AdamW's denominator term), got {t.eps}")
+    if t.weight_decay < 0:
+        raise LayraError(f"train.weight_decay must not be negative, got {t.weight_decay}")
+    if t.max_grad_norm is not None and t.max_grad_norm < 0:
+        raise LayraError(
+            f"train.max_grad_norm must be positive, or 0 / null for no clipping, got {t.max_grad_norm}"
+        )
+    if t.save_every < 0:
+        raise LayraError(
+            f"train.save_every must be 0 (save only at the end) or a number of steps, got {t.save_every}"
+        )
+    if t.keep_checkpoints < 1:
+        raise LayraError(
+            f"train.keep_checkpoints must be at least 1 (resuming needs one), got {t.keep_checkpoints}"
+        )
+    if t.log_every < 1:
+        raise LayraError(f"train.log_every must be at least 1 (steps), got {t.log_every}")
     if not d.sources:
         raise LayraError("data.sources is empty: give at least one {path, lang}")
     for i, s in enumerate(d.sources):
@@ -356,6 +374,8 @@ def validate(cfg: RunConfig) -> None:
         raise LayraError(f"data.seq_len must be at least 2, got {d.seq_len}")
     if not 0 <= d.heldout_fraction < 1:
         raise LayraError(f"data.heldout_fraction must be in [0, 1), got {d.heldout_fraction}")
+    if d.heldout_max_docs < 0:
+        raise LayraError(f"data.heldout_max_docs must not be negative, got {d.heldout_max_docs}")
     if d.max_tokens is not None and d.max_tokens < d.seq_len:
         raise LayraError(
             f"data.max_tokens ({d.max_tokens}) is below one sequence (data.seq_len={d.seq_len})"

@@ -342,34 +342,49 @@ def build_dataset(cfg: DataConfig, tokenizer, seed: int = 0, progress: bool = Fa
 
 
 def save_packed(packed: PackedData, directory: Path) -> None:
-    """Write blocks (safetensors) and held-out text into a run directory."""
+    """Write held-out text, stats and blocks (safetensors) into a run directory.
+
+    ``data.safetensors`` is renamed into place last: it is the completion marker
+    (``train`` reuses packed data when it exists), so a kill at any earlier point
+    leaves no marker and the next run packs again.
+    """
+    import os
+
     from safetensors.torch import save_file
 
-    from layra.atomic import atomic_write_json, atomic_write_text
+    from layra.atomic import atomic_write_json, atomic_write_text, temp_prefix
 
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / ".data.safetensors.tmp"
+    for lang, docs in packed.heldout.items():
+        # JSONL: a document with blank lines inside (a JSONL row) stays one document.
+        atomic_write_text(directory / "heldout" / f"{lang}.jsonl", documents_jsonl(docs))
+    atomic_write_json(directory / "data_stats.json", packed.stats)
+    tmp = directory / temp_prefix("data.safetensors").rstrip("-")
     save_file(
         {"blocks": packed.blocks.contiguous()},
         str(tmp),
         metadata={"block_lang": json.dumps(packed.block_lang)},
     )
-    tmp.replace(directory / "data.safetensors")
-    for lang, docs in packed.heldout.items():
-        # JSONL: a document with blank lines inside (a JSONL row) stays one document.
-        atomic_write_text(directory / "heldout" / f"{lang}.jsonl", documents_jsonl(docs))
-    atomic_write_json(directory / "data_stats.json", packed.stats)
+    os.replace(tmp, directory / "data.safetensors")
 
 
 def load_packed(directory: Path) -> PackedData:
-    from safetensors import safe_open
+    """Read what :func:`save_packed` wrote; a damaged file is a one-line error."""
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(directory / "data.safetensors"), framework="pt") as f:
-        blocks = f.get_tensor("blocks")
-        block_lang = json.loads(f.metadata()["block_lang"])
-    heldout = {}
-    for p in sorted((directory / "heldout").glob("*.*"), key=lambda p: p.suffix != ".jsonl"):
-        if p.suffix in (".jsonl", ".txt"):  # .txt: a run saved before held-out text was JSONL
-            heldout.setdefault(p.stem, read_documents(p))
-    stats = json.loads((directory / "data_stats.json").read_text())
+    try:
+        with safe_open(str(directory / "data.safetensors"), framework="pt") as f:
+            blocks = f.get_tensor("blocks")
+            block_lang = json.loads(f.metadata()["block_lang"])
+        heldout = {}
+        # .txt: a run saved before held-out text was JSONL
+        for p in sorted((directory / "heldout").glob("*.*"), key=lambda p: p.suffix != ".jsonl"):
+            if p.suffix in (".jsonl", ".txt"):
+                heldout.setdefault(p.stem, read_documents(p))
+        stats = json.loads((directory / "data_stats.json").read_text())
+    except (OSError, SafetensorError, KeyError, TypeError, ValueError) as e:
+        raise LayraError(
+            f"packed data in {directory} is damaged ({str(e).splitlines()[0] if str(e) else e!r}); "
+            f"delete {directory / 'data.safetensors'} to pack it again"
+        ) from e
     return PackedData(blocks, block_lang, heldout, stats)

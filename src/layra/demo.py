@@ -136,6 +136,31 @@ def run_config(
     )  # fmt: skip
 
 
+def check_settings(s: DemoSettings) -> None:
+    """Refuse what cannot work before any folder is created or any stage starts."""
+    import torch
+
+    from layra.atomic import check_writable
+    from layra.models import check_model_files
+
+    if s.workdir.exists() and not s.workdir.is_dir():
+        raise LayraError(f"--workdir {s.workdir} is a file; choose a directory path")
+    check_writable(s.workdir / "report")
+    if s.device == "cuda" and not torch.cuda.is_available():
+        raise LayraError("--device cuda but no CUDA device is available")
+    if s.model:
+        check_model_files(s.model)
+    if s.corpus:
+        if not Path(s.corpus).is_dir():
+            raise LayraError(
+                f"--corpus {s.corpus} is not a directory (build one with layra corpus)"
+            )
+        eval_texts(Path(s.corpus))
+        train_text = Path(s.corpus) / TRAIN_SOURCE / NEW / "train.txt"
+        if not train_text.is_file():
+            raise LayraError(f"corpus {s.corpus} lacks training text: {train_text}")
+
+
 def run_dir(s: DemoSettings, method: str, seed: int) -> Path:
     """runs/METHOD for the first seed (as before seeds existed), runs/METHOD-seedN for others."""
     return s.workdir / "runs" / (method if seed == s.seed else f"{method}-seed{seed}")
@@ -283,6 +308,7 @@ def run_demo(s: DemoSettings) -> dict:
     from layra.precision import announce, resolve_precision
     from layra.train import train
 
+    check_settings(s)
     t_all = time.perf_counter()
     prec = resolve_precision(s.precision, s.device)
     s.workdir.mkdir(parents=True, exist_ok=True)

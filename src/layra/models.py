@@ -6,6 +6,7 @@ model, tok = load_model("/cache/gemma-3-270m-q4_k_m.gguf")   # dequantised
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -57,7 +58,114 @@ def resolve_source(name_or_path: str, gguf_file: str | None = None) -> tuple[str
         raise LayraError(f"model path {name_or_path} does not exist")
     if not _looks_like_hub_id(name_or_path):
         raise LayraError(f"model {name_or_path!r} is neither a local path nor a hub id (org/name)")
+    _check_hub(name_or_path, gguf_file or "config.json")
     return name_or_path, gguf_file
+
+
+@functools.lru_cache(maxsize=32)
+def _check_hub(repo_id: str, filename: str) -> None:
+    """Fail at once, in one line, when a hub model can be neither downloaded nor found cached.
+
+    Without this, transformers retries each file (10 lines over ~35 s) before failing
+    offline. Offline (``HF_HUB_OFFLINE``) the cache alone decides. Online, one quick
+    request asks the hub; if it cannot be reached but the model is cached, the rest
+    of this process works from the cache (offline mode) instead of retrying.
+    """
+    import huggingface_hub
+    from huggingface_hub import constants, errors
+
+    cached = isinstance(huggingface_hub.try_to_load_from_cache(repo_id, filename), str)
+    if constants.HF_HUB_OFFLINE:
+        if not cached:
+            raise LayraError(
+                f"model {repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+                f"download it while online (hf download {repo_id}) or pass a local directory"
+            )
+        return
+    try:
+        huggingface_hub.model_info(repo_id, timeout=10)
+    except errors.GatedRepoError:
+        return  # it exists; transformers says how to get access
+    except errors.RepositoryNotFoundError as e:
+        raise LayraError(
+            f"model {repo_id} is not on the Hugging Face hub (a private one needs "
+            "`hf auth login`); check the id or pass a local directory"
+        ) from e
+    except errors.HfHubHTTPError:
+        return  # the hub answered; transformers reports gated / other refusals itself
+    except Exception as e:  # no network: connection, DNS or timeout errors of the HTTP client
+        if not cached:
+            raise LayraError(
+                f"cannot reach the Hugging Face hub for model {repo_id} ({_first_line(e)}) "
+                "and it is not cached; check the network or pass a local directory"
+            ) from e
+        constants.HF_HUB_OFFLINE = True  # read by huggingface_hub and transformers per call
+
+
+BIN_ONLY = (
+    "{path} has only pickle weights ({files}); layra loads safetensors only and never "
+    "unpickles. Convert it once where you trust the file: "
+    "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(NEW_DIR) writes safetensors "
+    "(copy the tokenizer files too), then use NEW_DIR"
+)
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.txt",
+    "tekken.json",
+)
+
+
+def check_model_files(name_or_path: str, gguf_file: str | None = None) -> None:
+    """Refuse a local model directory that cannot load, before anything is written.
+
+    Checks, reading only file names and safetensors headers: weights are safetensors
+    (a ``.bin``-only model is refused, see :data:`BIN_ONLY`), no shard is truncated or
+    damaged, and tokenizer files are present. GGUF files and hub ids pass (the hub is
+    checked by :func:`resolve_source`).
+    """
+    src, gguf = resolve_source(name_or_path, gguf_file)
+    p = Path(src)
+    if gguf or not p.is_dir():
+        return
+    check_weights(p)
+    _check_tokenizer_files(p)
+
+
+def check_weights(p: Path) -> None:
+    """Refuse a directory whose weights are not loadable safetensors (see :data:`BIN_ONLY`)."""
+    from layra.vectors.shards import read_header
+
+    shards = sorted(p.glob("*.safetensors"))
+    if not shards:
+        pickles = sorted(f.name for f in p.iterdir() if f.suffix in _PICKLE_SUFFIXES)
+        if pickles:
+            raise LayraError(BIN_ONLY.format(path=f"model directory {p}", files=", ".join(pickles)))
+        raise LayraError(f"cannot load model from {p}: it has no weights (no *.safetensors file)")
+    for shard in shards:
+        try:
+            read_header(shard)
+        except LayraError as e:
+            raise LayraError(
+                f"{e}; the model's weights are damaged or incomplete: download or copy them again"
+            ) from e
+        except (OSError, KeyError, TypeError, ValueError, AttributeError) as e:
+            raise LayraError(
+                f"{shard} is not a valid safetensors file ({_first_line(e)}); the model's "
+                "weights are damaged or incomplete: download or copy them again"
+            ) from e
+
+
+def _check_tokenizer_files(p: Path) -> None:
+    if not any((p / f).is_file() for f in TOKENIZER_FILES):
+        raise LayraError(
+            f"model directory {p} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); "
+            "copy them from the model it was made from"
+        )
 
 
 def _looks_like_hub_id(s: str) -> bool:
@@ -91,11 +199,13 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     src, gguf = resolve_source(name_or_path, gguf_file)
+    if not gguf and Path(src).is_dir():
+        _check_tokenizer_files(Path(src))
     try:
         tok = AutoTokenizer.from_pretrained(
             src, gguf_file=gguf, trust_remote_code=trust_remote_code
         )
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise LayraError(f"cannot load tokenizer from {name_or_path}: {_first_line(e)}") from e
     if tok.pad_token is None:
         # Padding is only ever masked out; EOS is the conventional stand-in.
@@ -116,19 +226,26 @@ def load_model(
     Returns ``(model, tokenizer)`` (tokenizer ``None`` if ``with_tokenizer`` is
     false). GGUF weights are dequantised and the quantizer removed (see
     :func:`strip_quantizer`). Raises :class:`LayraError` for a missing path, a
-    directory without ``config.json`` or a model that does not load.
+    directory without ``config.json``, weights that are not safetensors (``.bin``:
+    refused, never unpickled) or a model that does not load.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     src, gguf = resolve_source(name_or_path, gguf_file)
+    if not gguf and Path(src).is_dir():
+        check_weights(Path(src))
     # transformers' per-tensor "Loading weights" bar is noise next to layra's own progress.
     hf_logging.disable_progress_bar()
+    # Safetensors only, from the hub too: transformers would otherwise fall back to a
+    # repository's pytorch_model.bin (a pickle).
+    st = {} if gguf else {"use_safetensors": True}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            src, gguf_file=gguf, dtype=parse_dtype(dtype), trust_remote_code=trust_remote_code
+            src, gguf_file=gguf, dtype=parse_dtype(dtype), trust_remote_code=trust_remote_code, **st
         )
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
         raise LayraError(f"cannot load model from {name_or_path}: {_first_line(e)}") from e
     strip_quantizer(model)
     model.to(device)

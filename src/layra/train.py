@@ -177,8 +177,26 @@ def _peak_rss_gib() -> float:
 
 
 class _Log:
-    def __init__(self, path: Path, enabled: bool):
-        self.f = open(path, "a", encoding="utf-8") if enabled else None  # noqa: SIM115
+    """``log.jsonl``, one line per optimizer step: on resume, lines after ``start_step``
+    (steps the killed run logged past its last checkpoint, and a torn last line) are
+    dropped first, since those steps run again."""
+
+    def __init__(self, path: Path, enabled: bool, start_step: int = 0):
+        self.f = None
+        if not enabled:
+            return
+        kept = []
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+                    if rec["step"] <= start_step:
+                        kept.append(line + "\n")
+            atomic_write_text(path, "".join(kept))
+        self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115
 
     def write(self, rec: dict[str, Any]) -> None:
         if self.f:
@@ -191,16 +209,21 @@ class _Log:
 
 
 def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
+    """Check the output directory, then create it (or clean up what a killed run left)."""
+    import sys
+
+    from layra.atomic import check_writable, clean_stale
+
     out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise LayraError(f"output_dir {out} is a file; choose a directory path")
     if (out / "run.json").exists() and not overwrite:
         raise LayraError(f"run {out} is already complete (pass --overwrite to train it again)")
     if out.exists() and any(out.iterdir()) and not (resume or overwrite):
         raise LayraError(
             f"output directory {out} exists; pass --resume to continue it or --overwrite"
         )
-    if overwrite and out.exists() and not resume:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out / "run.json")
     if resume and (out / "config.yaml").exists():
         saved = yaml.safe_load((out / "config.yaml").read_text())
         now = to_dict(cfg)
@@ -209,6 +232,22 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
                 raise LayraError(
                     f"--resume: {key} settings differ from the run in {out}; use a new output_dir"
                 )
+    if overwrite and out.exists() and not resume:
+        shutil.rmtree(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LayraError(
+            f"cannot create output_dir {out}: {e.strerror or e}; choose a writable location"
+        ) from e
+    # What a killed run left: half-written checkpoints, outputs and packed data.
+    for d in (out, out / "checkpoints", out / "heldout"):
+        clean_stale(d)
+    if (out / "data.safetensors").exists() and not (out / "data_stats.json").exists():
+        # Packed by a layra that renamed data.safetensors into place first, then killed.
+        with contextlib.suppress(FileNotFoundError):  # another process of the run was first
+            (out / "data.safetensors").unlink()
+        print(f"layra: removed incomplete packed data {out / 'data.safetensors'}", file=sys.stderr)
     return out
 
 
@@ -252,9 +291,11 @@ def train_model(
 
     validate(cfg)
     t = cfg.train
-    # Everything that can fail without weights fails here, before the slow load.
+    # Everything that can fail without weights fails here, before the slow load and
+    # before anything is created.
     depth = model_depth(cfg)
     plan_method(cfg.method, depth)
+    _check_inputs(cfg, resume)
     dist.check_sharding(cfg)
     # Each process checks the run directory before any writes into it (rank 0's data,
     # any rank's tracker files), or a later rank finds it non-empty and refuses.
@@ -263,8 +304,6 @@ def train_model(
     dist.sync_ranks()
 
     cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
-    if t.device == "cuda" and not torch.cuda.is_available():
-        raise LayraError("train.device=cuda but no CUDA device is available")
     from accelerate.state import AcceleratorState
 
     from layra.precision import announce, resolve_precision
@@ -414,7 +453,7 @@ def train_model(
             prune_checkpoints(ckpt_root, t.keep_checkpoints)
         acc.wait_for_everyone()
 
-    log = _Log(out / "log.jsonl", acc.is_main_process)
+    log = _Log(out / "log.jsonl", acc.is_main_process, start_step)
     device = acc.device
     rank = acc.process_index
     seq_len = packed.blocks.shape[1]
@@ -531,6 +570,19 @@ def train_model(
         say(f"done: {total_steps} steps, final loss {loss_val:.4f}, outputs in {out}")
     acc.wait_for_everyone()
     return out, model
+
+
+def _check_inputs(cfg: RunConfig, resume: bool) -> None:
+    """The checks of :func:`train_model` that read files or the machine but write nothing."""
+    from layra.data import source_format
+    from layra.models import check_model_files
+
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise LayraError("train.device=cuda but no CUDA device is available")
+    check_model_files(cfg.model.name_or_path, cfg.model.gguf_file)
+    if not (resume and (Path(cfg.output_dir) / "data.safetensors").exists()):
+        for src in cfg.data.sources:
+            source_format(src)  # a missing file, an empty directory, an unknown type
 
 
 def _portable_ref(name_or_path: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from layra.cli import subparser
+from layra.errors import require
 
 
 def _common(p: argparse.ArgumentParser, min_words: int) -> None:
@@ -31,8 +32,18 @@ def _common(p: argparse.ArgumentParser, min_words: int) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
+def _check_common(args: argparse.Namespace) -> None:
+    require(
+        args.min_words >= 0, f"--min-words must be 0 (keep all) or positive, got {args.min_words}"
+    )
+    if getattr(args, "max_docs", None) is not None:
+        require(args.max_docs >= 1, f"--max-docs must be at least 1, got {args.max_docs}")
+
+
 def _debian(args: argparse.Namespace) -> None:
     from layra.corpus.debian import build_debian_corpus
+
+    _check_common(args)
 
     build_debian_corpus(
         args.langs,
@@ -49,6 +60,8 @@ def _debian(args: argparse.Namespace) -> None:
 def _files(args: argparse.Namespace) -> None:
     from layra.corpus.files import build_files_corpus, parse_inputs
 
+    _check_common(args)
+
     build_files_corpus(
         parse_inputs(args.inputs),
         args.out,
@@ -63,6 +76,8 @@ def _files(args: argparse.Namespace) -> None:
 
 def _hf(args: argparse.Namespace) -> None:
     from layra.corpus.hf import build_hf_corpus
+
+    _check_common(args)
 
     build_hf_corpus(
         args.dataset,

@@ -12,7 +12,7 @@ from layra.errors import require
 
 
 def _run_tokenizer(args) -> int:
-    from layra.atomic import atomic_write_json, atomic_write_text
+    from layra.atomic import atomic_write_json, atomic_write_text, check_writable
     from layra.commands.lens import read_texts
     from layra.diagnose import diagnose_tokenizer, markdown_table
     from layra.lens import text_sha256
@@ -33,6 +33,7 @@ def _run_tokenizer(args) -> int:
             args.overwrite or not p.exists(),
             f"output {p} already exists (pass --overwrite to replace it)",
         )
+        check_writable(p)
     sources = read_texts(args.text)
     require(
         args.reference in sources,

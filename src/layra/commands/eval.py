@@ -68,14 +68,21 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Runs lm-eval tasks (family + language -> e.g. xnli_gl) on the loaded model.\n"
             "Families: xnli, pawsx, xcopa, xstorycloze (0-shot acc); mgsm (3-shot greedy exact\n"
             "match) and global_mmlu (Global-MMLU-Lite) for instruct models. Offline, --task-dir\n"
-            "holds task YAMLs of the same names over local data (docs/evaluation.md)."
+            "holds task YAMLs of the same names over local data (docs/evaluation.md).\n"
+            "A task folder is code: lm-eval imports the Python its YAMLs name (!function),\n"
+            "so only use task folders you trust."
         ),
     )
     t.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     t.add_argument("--tasks", required=True, help="comma-separated task families")
     t.add_argument("--langs", required=True, help="comma-separated ISO 639-3 codes (eng,glg)")
     t.add_argument("--limit", type=int, help="at most N examples per task (quick checks)")
-    t.add_argument("--task-dir", metavar="DIR", help="local lm-eval task YAMLs (offline)")
+    t.add_argument(
+        "--task-dir",
+        metavar="DIR",
+        help="local lm-eval task YAMLs (offline); a task folder is code (its YAMLs can run "
+        "Python): only use ones you trust",
+    )
     t.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size (8)")
     _common(t)
     t.set_defaults(func=run_tasks)
@@ -123,8 +130,17 @@ def _split(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _clean_store(store: str) -> None:
+    """Record files a killed evaluation left half-written in the store (layra's names only)."""
+    from layra.atomic import clean_stale
+
+    clean_stale(store)
+
+
 def run_bpb(args: argparse.Namespace) -> int:
     from layra.evaluation.run import run_bpb as run
+
+    _clean_store(args.store)
 
     run(args.model, parse_texts(args.text, args.text_dir), args.store, name=args.name,
         seq_len=args.seq_len, batch_size=args.batch_size, dtype=args.dtype,
@@ -134,6 +150,8 @@ def run_bpb(args: argparse.Namespace) -> int:
 
 def run_tasks(args: argparse.Namespace) -> int:
     from layra.evaluation.run import run_tasks as run
+
+    _clean_store(args.store)
 
     run(args.model, _split(args.tasks), _split(args.langs), args.store, task_dir=args.task_dir,
         limit=args.limit, name=args.name, batch_size=args.batch_size, dtype=args.dtype,

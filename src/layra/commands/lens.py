@@ -42,10 +42,13 @@ def read_texts(specs: list[str] | None) -> dict[str, tuple[Path, str]]:
 
 
 def _check_out(path: Path, overwrite: bool) -> None:
+    from layra.atomic import check_writable
+
     require(
         overwrite or not path.exists(),
         f"output {path} already exists (pass --overwrite to replace it)",
     )
+    check_writable(path)
 
 
 def _run_profile(args) -> int:

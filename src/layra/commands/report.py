@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from layra.atomic import check_writable
 from layra.cli import subparser
+from layra.errors import require
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,12 +43,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """What can be refused before any record is read or anything printed."""
+    for item in args.new or []:
+        name, sep, langs = item.rpartition("=")
+        require(
+            not sep or bool(name.strip()),
+            f"--new {item!r}: the model NAME before '=' is empty; give NAME=LANGS for one row "
+            "or LANGS alone for every row",
+        )
+    if args.out:
+        require(
+            args.overwrite or not Path(args.out).exists(),
+            f"output {args.out} already exists (pass --overwrite to replace it)",
+        )
+        check_writable(Path(args.out))
+
+
 def run(args: argparse.Namespace) -> int:
     from layra.atomic import atomic_dir, atomic_write_json, atomic_write_text
     from layra.evaluation.report import build_tables, parse_new, to_csv, to_markdown
     from layra.evaluation.store import load_records
     from layra.provenance import provenance
 
+    _check_args(args)
     records = load_records(args.results)
     tables = build_tables(records, args.base, parse_new(args.new))
     markdown = to_markdown(tables)

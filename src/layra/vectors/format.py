@@ -124,12 +124,13 @@ def load_vector(path: str | Path) -> Vector:
         manifest = json.loads(mf.read_text())
     except json.JSONDecodeError as e:
         raise LayraError(f"{mf} is not valid JSON ({e})") from e
-    if manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise LayraError(f"{mf} is not a layra vector manifest")
     if manifest.get("version") != VERSION:
         raise LayraError(
             f"{path}: vector format version {manifest.get('version')} is not supported"
         )
+    _check_manifest(mf, manifest)
     stored: dict[str, TensorInfo] = {}
     for fname in manifest.get("files", [DELTA_FILE]):
         f = path / fname
@@ -140,6 +141,40 @@ def load_vector(path: str | Path) -> Vector:
     for e in entries.values():
         _check_entry(path, e, stored)
     return Vector(path, manifest, entries, stored)
+
+
+def _check_manifest(mf: Path, manifest: dict[str, Any]) -> None:
+    """The manifest's own structure (a damaged or hand-edited file), key by key."""
+    fix = "the vector is damaged; extract it again"
+
+    def bad(key: str, want: str) -> LayraError:
+        return LayraError(f"{mf}: {key} must be {want}; {fix}")
+
+    if not isinstance(manifest.get("start"), dict):
+        raise bad("'start'", "an object (the start model's fingerprint)")
+    files = manifest.get("files", [DELTA_FILE])
+    if not (isinstance(files, list) and files and all(isinstance(f, str) for f in files)):
+        raise bad("'files'", "a list of tensor file names")
+    tensors = manifest.get("tensors")
+    if not isinstance(tensors, dict):
+        raise bad("'tensors'", "an object of per-tensor entries")
+    for name, d in tensors.items():
+        key = f"tensors[{name!r}]"
+        if not isinstance(d, dict):
+            raise bad(key, "an object")
+        if d.get("kind") not in ("dense", "lowrank"):
+            raise bad(f"{key}.kind", "'dense' or 'lowrank'")
+        shape = d.get("shape")
+        if not (isinstance(shape, list) and all(isinstance(x, int) and x >= 0 for x in shape)):
+            raise bad(f"{key}.shape", "a list of sizes")
+        if d["kind"] == "lowrank":
+            if not (isinstance(d.get("rank"), int) and d["rank"] > 0):
+                raise bad(f"{key}.rank", "a positive integer")
+            if not isinstance(d.get("scale", 1.0), int | float):
+                raise bad(f"{key}.scale", "a number")
+        aliases = d.get("aliases", [])
+        if not (isinstance(aliases, list) and all(isinstance(a, str) for a in aliases)):
+            raise bad(f"{key}.aliases", "a list of parameter names")
 
 
 def _check_entry(path: Path, e: Entry, stored: dict[str, TensorInfo]) -> None:

@@ -87,6 +87,8 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise LayraError(f"{path} is not a safetensors file ({e})") from e
+    if not isinstance(header, dict) or not all(isinstance(h, dict) for h in header.values()):
+        raise LayraError(f"{path} is not a safetensors file (header is not a JSON object)")
     meta = header.pop("__metadata__", None) or {}
     base = 8 + n
     infos = []
@@ -94,8 +96,11 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
         dt = DTYPES.get(h.get("dtype"))
         if dt is None:
             raise LayraError(f"{path}: tensor {name} has unsupported dtype {h.get('dtype')!r}")
-        begin, end = h["data_offsets"]
-        shape = tuple(int(s) for s in h["shape"])
+        try:
+            begin, end = (int(x) for x in h["data_offsets"])
+            shape = tuple(int(s) for s in h["shape"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise LayraError(f"{path}: tensor {name} has a damaged header entry ({e!r})") from e
         if end - begin != math.prod(shape) * dt.itemsize or base + end > size:
             raise LayraError(f"{path}: tensor {name} has inconsistent offsets (truncated file?)")
         infos.append(TensorInfo(name, path, base + begin, end - begin, dt, shape))

@@ -46,10 +46,9 @@ class ModelDir:
             files = sorted(p.name for p in self.path.glob("*.safetensors"))
             self.index = None
         if not files:
-            raise LayraError(
-                f"{self.path} has no safetensors weights (layra never unpickles .bin files; "
-                "re-save the model with save_pretrained(safe_serialization=True))"
-            )
+            from layra.models import check_weights
+
+            check_weights(self.path)  # refuses .bin-only weights, saying how to convert
         self.shards: list[Path] = []
         self.metadata: dict[str, dict[str, str]] = {}
         self.tensors: dict[str, TensorInfo] = {}
