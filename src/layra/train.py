@@ -543,10 +543,11 @@ def _write_outputs(
 
     from layra.arch import unwrap
     from layra.checkpoint import trainable_state
+    from layra.methods import save_adapter
 
     if plan.method in ("lora", "layra"):
         with atomic_dir(out / "adapter", overwrite=True) as tmp:
-            model.save_pretrained(tmp)
+            save_adapter(model, plan, tmp)  # in-place embedding / head as modules_to_save
             tok.save_pretrained(tmp)
     else:
         tensors = trainable_state(unwrap(model))
