@@ -92,7 +92,7 @@ def build_base(path: Path) -> None:
     (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
-def build_run(run: Path, base: Path, seed: int) -> None:
+def build_run(run: Path, base: Path, seed: int, embed_rows: float = 1.0) -> None:
     """A layra run dir: PEFT adapter (LoRA factors + trained embedding/head) and run.json."""
     from peft import LoraConfig
     from safetensors.torch import save_file
@@ -112,7 +112,12 @@ def build_run(run: Path, base: Path, seed: int) -> None:
                 torch.randn(out_f, RANK, generator=g) * 0.01
             )
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
-        trained = src.read(name).float() + torch.randn(shapes[name], generator=g) * 1e-3
+        noise = torch.randn(shapes[name], generator=g) * 1e-3
+        if name == "model.embed_tokens.weight" and embed_rows < 1.0:
+            # An untied input embedding trained without weight decay moves only the rows of
+            # tokens it saw (or method.embeddings: rows); the head's softmax moves every row.
+            noise[int(embed_rows * VOCAB) :] = 0
+        trained = src.read(name).float() + noise
         t[f"base_model.model.{name}"] = trained.to(torch.bfloat16)
     (run / "adapter").mkdir(parents=True)
     save_file(t, run / "adapter" / "adapter_model.safetensors", metadata={"format": "pt"})
@@ -181,6 +186,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", type=Path, default=Path("/work/cache/bench"))
     ap.add_argument("--repeat", type=int, default=2, help="runs of each measured command")
     ap.add_argument("--clean", action="store_true", help="delete everything afterwards")
+    ap.add_argument(
+        "--delta-dtype",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="layra vector extract --delta-dtype (vectors are cached in --dir: use a fresh one)",
+    )
+    ap.add_argument(
+        "--embed-rows",
+        type=float,
+        default=1.0,
+        help="fraction of input-embedding rows the runs move (1: all, as decay does; "
+        "0.1: a row-sparse vector). Cached in --dir like the vectors",
+    )
     args = ap.parse_args(argv)
     d = args.dir
     d.mkdir(parents=True, exist_ok=True)
@@ -190,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
         "date": time.strftime("%Y-%m-%d"),
         "setup": {},
+        "delta_dtype": args.delta_dtype,
+        "embed_rows": args.embed_rows,
     }
     if not (base / "config.json").exists():
         t = time.perf_counter()
@@ -199,10 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     for k, seed in (("a", 1), ("b", 2)):
         run, vec, full = d / f"run_{k}", d / f"vec_{k}", d / f"full_{k}"
         if not run.exists():
-            build_run(run, base, seed)
+            build_run(run, base, seed, args.embed_rows)
         if not vec.exists():
             res["setup"][f"layra_extract_{k}"] = measure(
                 [*layra, "vector", "extract", str(run), "--out", str(vec)]
+                + ["--delta-dtype", args.delta_dtype]
             )
         if not full.exists():
             res["setup"][f"full_copy_{k}"] = measure(

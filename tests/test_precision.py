@@ -54,6 +54,16 @@ def test_flags_without_speed_or_speed_without_flags_stay_fp32(cpu_kind):
     assert P.resolve_precision("auto", "cpu").name == "bf16"
 
 
+def test_a_busy_machine_does_not_flip_a_native_bf16_cpu(cpu_kind, monkeypatch):
+    # Under load a 0.1 s probe can read bf16 slower than fp32 on an AMX Xeon; only a
+    # ~100x gap (the reference loop) is a real veto.
+    cpu_kind("amx")
+    noisy = P.MatmulProbe(fp32_gflops=4.3, bf16_gflops=2.2, shape=(128, 256, 512), threads=2)
+    monkeypatch.setattr(P, "probe_cpu_matmul", lambda: noisy)
+    assert P.resolve_precision("auto", "cpu").name == "bf16"
+    assert "SLOW" not in P.resolve_precision("bf16", "cpu").reason
+
+
 def test_explicit_bf16_is_obeyed_with_one_warning_where_slow(cpu_kind, capsys):
     cpu_kind("avx2")
     p = P.resolve_precision("bf16", "cpu")

@@ -444,7 +444,7 @@ def _cases():
         for how, msg in [
             ("list", "is not a layra vector manifest"),
             ("no-tensors", "'tensors' must be an object"),
-            ("no-kind", ".kind must be 'dense' or 'lowrank'"),
+            ("no-kind", ".kind must be 'dense', 'lowrank' or 'rows'"),
             ("no-start", "'start' must be an object"),
             ("header-list", "header is not a JSON object"),
         ]

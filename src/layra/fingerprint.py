@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 _SAMPLES = 1024
-_ARCH_FIELDS = (
+ARCH_FIELDS = (  # read by layra.vectors.source straight from config.json
     "model_type",
     "vocab_size",
     "hidden_size",
@@ -60,7 +60,7 @@ def _sample(t: torch.Tensor) -> bytes:
 def config_summary(config: Any) -> dict[str, Any]:
     cfg = getattr(config, "text_config", None) or config
     d = cfg if isinstance(cfg, dict) else cfg.to_dict()
-    return {k: d.get(k) for k in _ARCH_FIELDS}
+    return {k: d.get(k) for k in ARCH_FIELDS}
 
 
 def tokenizer_hash(tokenizer: Any) -> str | None:

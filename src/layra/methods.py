@@ -13,10 +13,21 @@ How layer-selective and layra train the embeddings and head is ``method.embeddin
     plan = plan_method(cfg.method, depth=18)      # validate without a model
     model, plan = prepare_model(model, cfg.method)  # freeze / wrap with PEFT
     model, plan = prepare_model(model, cfg.method, rows=choice.ids)  # embeddings: rows
+    save_adapter(model, plan, "runs/x/adapter")   # PEFT's format, embedding / head included
+
+Under LoRA (layra) the embedding and LM head train *in place*: the model's own
+tensors get ``requires_grad``, instead of PEFT's ``modules_to_save``, which keeps a
+trainable copy beside the frozen original (for Gemma 3 270M a second 262k x 640
+tensor). A tied pair stays one tensor, so both uses add into one gradient; its
+input-embedding lookup makes a sparse gradient that is added into the LM head's
+dense one instead of a second dense vocab x hidden buffer. :func:`save_adapter`
+writes what ``modules_to_save`` would have written, so ``PeftModel.from_pretrained``
+and ``layra vector extract`` read the adapter unchanged.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -126,8 +137,12 @@ def plan_method(cfg: MethodConfig, depth: int) -> MethodPlan:
     return plan
 
 
-def lora_config(cfg: MethodConfig, plan: MethodPlan, model: nn.Module):
-    """The PEFT LoraConfig for a lora / layra plan on ``model``."""
+def lora_config(cfg: MethodConfig, plan: MethodPlan, model: nn.Module, in_place: bool = False):
+    """The PEFT LoraConfig for a lora / layra plan on ``model``.
+
+    ``in_place``: leave the embedding / head out of ``modules_to_save`` (they train
+    in place, :func:`prepare_model`); the config :func:`save_adapter` writes has them.
+    """
     from peft import LoraConfig
 
     arch = describe(model)
@@ -139,11 +154,13 @@ def lora_config(cfg: MethodConfig, plan: MethodPlan, model: nn.Module):
         # With tied weights, listing both and ensure_weight_tying keeps one shared tensor;
         # without it PEFT would silently untie them (SPEC, pitfalls).
         modules_to_save = [emb, head]
+    if in_place:
+        modules_to_save = None
     layers_pattern = arch.layers_prefix.split(".")[-1]
     return LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
+        lora_dropout=cfg.dropout,  # 0 gives nn.Identity: no dropout pass at all
         target_modules=targets,
         layers_to_transform=plan.lora_layers if plan.method == "layra" else None,
         layers_pattern=layers_pattern if plan.method == "layra" else None,
@@ -154,7 +171,10 @@ def lora_config(cfg: MethodConfig, plan: MethodPlan, model: nn.Module):
 
 
 def prepare_model(
-    model: nn.Module, cfg: MethodConfig, rows: Sequence[int] | None = None
+    model: nn.Module,
+    cfg: MethodConfig,
+    rows: Sequence[int] | None = None,
+    embeddings_in_place: bool = True,
 ) -> tuple[nn.Module, MethodPlan]:
     """Freeze / wrap ``model`` so exactly the method's parameters train.
 
@@ -162,6 +182,8 @@ def prepare_model(
     ``rows`` are the embedding / head rows that train under ``method.embeddings:
     rows`` (:func:`layra.embeddings.select_rows`). Checks afterwards that adapters
     landed on exactly the planned layers and that tied embeddings are still one tensor.
+    ``embeddings_in_place=False`` trains the embedding / head of lora / layra through
+    PEFT's ``modules_to_save`` copies instead (the reference the tests compare with).
     """
     from layra.embeddings import apply_treatment
 
@@ -176,7 +198,11 @@ def prepare_model(
     if plan.method in ("lora", "layra"):
         from peft import get_peft_model
 
-        model = get_peft_model(model, lora_config(cfg, plan, model))
+        in_place = embeddings_in_place and plan.train_embeddings
+        model = get_peft_model(model, lora_config(cfg, plan, model, in_place))
+        if in_place:
+            # A row mask (embeddings: rows) edits dense gradients only.
+            _train_embeddings_in_place(model, arch.tied and plan.embeddings != "rows")
         got = sorted(
             {arch.layer_of(n) for n, _ in model.named_parameters() if "lora_A" in n} - {None}
         )
@@ -205,6 +231,70 @@ def prepare_model(
             plan.embeddings_weight_decay,
         )
     return model, plan
+
+
+IN_PLACE_ATTR = "layra_embeddings_in_place"  # set on a PEFT model by prepare_model
+
+
+def _train_embeddings_in_place(model: nn.Module, sparse_lookup: bool) -> None:
+    hf = unwrap(model)
+    emb, head = hf.get_input_embeddings(), hf.get_output_embeddings()
+    emb.weight.requires_grad_(True)
+    head.weight.requires_grad_(True)
+    if (
+        sparse_lookup
+        and emb.weight is head.weight
+        and isinstance(emb, nn.Embedding)  # its sparse backward skips padding_idx too
+        and os.environ.get("WORLD_SIZE", "1") == "1"
+    ):
+        # The lookup's gradient as sparse rows, accumulated into the head's dense gradient
+        # (one vocab x hidden buffer, not two). Only tied: an untied embedding's gradient
+        # would stay sparse, which AdamW refuses; one process only: DDP treats a sparse
+        # embedding's gradient as sparse throughout.
+        emb.sparse = True
+    setattr(model, IN_PLACE_ATTR, True)
+
+
+def save_adapter(model: nn.Module, plan: MethodPlan, path, state_dict=None) -> None:
+    """``model.save_pretrained(path)``, with in-place embedding / head added as PEFT saves
+    ``modules_to_save``: tensors under ``base_model.model.<name>.weight`` (a tied pair
+    under both names, as ``ensure_weight_tying`` does) and listed in the config.
+
+    ``PeftModel.from_pretrained(base, path)`` then reproduces the trained model.
+    ``state_dict``: the model's full state gathered from shards (FSDP), used instead of
+    the live (sharded) parameters.
+    """
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    path = Path(path)
+    model.save_pretrained(path, state_dict=state_dict)
+    if not getattr(model, IN_PLACE_ATTR, False):
+        return
+    hf = unwrap(model)
+    arch = describe(hf)
+    weights = path / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    for name, module in (
+        (arch.embed_name, hf.get_input_embeddings()),
+        (arch.head_name, hf.get_output_embeddings()),
+    ):
+        # .clone(): safetensors refuses two names for one storage (the tied pair).
+        weight = module.weight
+        if state_dict is not None:
+            # A tied pair may be gathered under the embedding's name only.
+            names = (name, arch.embed_name) if arch.tied else (name,)
+            key = next((k for n in names for k in state_dict if k.endswith(f"{n}.weight")), None)
+            weight = state_dict[key] if key is not None else weight
+        tensors[f"base_model.model.{name}.weight"] = weight.detach().cpu().clone()
+    save_file(tensors, weights, metadata={"format": "pt"})
+    cfg_file = path / "adapter_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["modules_to_save"] = [arch.embed_name.split(".")[-1], arch.head_name.split(".")[-1]]
+    cfg["ensure_weight_tying"] = bool(arch.tied)
+    cfg_file.write_text(json.dumps(cfg, indent=2, sort_keys=True))
 
 
 def trainable_summary(model: nn.Module, plan: MethodPlan) -> str:

@@ -11,8 +11,10 @@ On an AVX2-only CPU PyTorch falls back to a reference loop and bf16 matmul is ab
 CPU flags alone do not say which kernel PyTorch will pick, so on a CPU the choice
 comes from a short measurement (well under a second), made once per process.
 
-``auto`` picks bf16 only when bf16 is clearly faster (:data:`BF16_MIN_SPEEDUP`);
-an explicit ``bf16`` is obeyed, with a one-line warning where it is slow.
+On x86, ``auto`` picks bf16 when the CPU has AVX512-BF16 or AMX and the probe does not
+find bf16 far slower (:data:`BF16_VETO`); elsewhere only when the probe finds it clearly
+faster (:data:`BF16_MIN_SPEEDUP`). An explicit ``bf16`` is obeyed, with a one-line
+warning where it is slow.
 """
 
 from __future__ import annotations
@@ -30,9 +32,13 @@ import torch
 from layra.errors import LayraError
 
 PRECISIONS = ("auto", "bf16", "fp32")
-# auto takes bf16 on a CPU only when it is at least this much faster than fp32: near
-# 1x the probe's noise could flip the choice from run to run, and bf16 costs accuracy.
+# Where the CPU flags are unknown (not x86), auto takes bf16 only when the probe finds it
+# at least this much faster than fp32: near 1x its noise could flip the choice.
 BF16_MIN_SPEEDUP = 1.2
+# Where the flags say native bf16 (AVX512-BF16/AMX), the probe only vetoes: a kernel path
+# gone wrong is ~100x slower, far below this, while load on a busy machine moves a short
+# probe by 2x either way and must not flip the choice between processes.
+BF16_VETO = 0.5
 _ALIASES = {"bfloat16": "bf16", "float32": "fp32", "fp32": "fp32", "bf16": "bf16", "auto": "auto"}
 
 
@@ -194,7 +200,10 @@ def resolve_precision(
         return Precision(name, req, dev, f"{why}; this CPU {has} AVX512-BF16/AMX")
     probe = probe_cpu_matmul()
     speeds = f"{probe.bf16_gflops:g} vs {probe.fp32_gflops:g} GFLOP/s bf16 vs fp32 matmul"
-    fast = probe.speedup >= BF16_MIN_SPEEDUP and native is not False
+    if native is None:
+        fast = probe.speedup >= BF16_MIN_SPEEDUP
+    else:
+        fast = native and probe.speedup >= BF16_VETO
     if req == "bf16":
         reason = f"asked for ({speeds})"
         if not fast:

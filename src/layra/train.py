@@ -618,10 +618,12 @@ def _write_outputs(
 
     from layra.arch import unwrap
     from layra.checkpoint import trainable_state
+    from layra.methods import save_adapter
 
     if plan.method in ("lora", "layra"):
         with atomic_dir(out / "adapter", overwrite=True) as tmp:
-            model.save_pretrained(tmp, state_dict=full)
+            # In-place embedding / head saved as modules_to_save; ``full``: gathered shards.
+            save_adapter(model, plan, tmp, state_dict=full)
             tok.save_pretrained(tmp)
     else:
         tensors = trainable_state(unwrap(model)) if full is None else dist.hf_names(model, full)

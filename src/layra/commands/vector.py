@@ -29,7 +29,9 @@ def _weighted(specs: list[str], require_lambda: bool = False) -> list[tuple[str,
 def _extract(args: argparse.Namespace) -> None:
     from layra.vectors import extract_run
 
-    m = extract_run(args.run, args.out, base=args.base, overwrite=args.overwrite)
+    m = extract_run(
+        args.run, args.out, base=args.base, overwrite=args.overwrite, dtype=args.delta_dtype
+    )
     _summary(args.out, m)
 
 
@@ -82,7 +84,13 @@ def _show(args: argparse.Namespace) -> None:
     v = load_vector(args.vector)
     _summary(args.vector, v.manifest)
     for e in v.entries.values():
-        extra = f" rank {e.rank} scale {e.scale:g}" if e.kind == "lowrank" else ""
+        extra = (
+            f" rank {e.rank} scale {e.scale:g}"
+            if e.kind == "lowrank"
+            else f" ({e.rank:,} rows changed)"
+            if e.kind == "rows"
+            else ""
+        )
         alias = f" (= {', '.join(e.aliases)})" if e.aliases else ""
         print(f"  {e.name}{alias}: {e.kind} {list(e.shape)}{extra}")
 
@@ -93,6 +101,7 @@ def _summary(path, m: dict) -> None:
         f"{path}: {m['method']} vector, languages {','.join(m.get('languages') or []) or '-'}, "
         f"start {m['start']['model']} (weights {m['start']['weights']}); "
         f"{kinds.count('lowrank')} low-rank + {kinds.count('dense')} dense tensors"
+        + (f" + {kinds.count('rows')} row-sparse" if "rows" in kinds else "")
     )
 
 
@@ -118,6 +127,13 @@ def register(sub) -> None:
         "--base",
         help="base model to use instead of run.json's base_model "
         "(must have the recorded fingerprint)",
+    )
+    e.add_argument(
+        "--delta-dtype",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="how dense / row deltas are stored: fp32 (default, exact) or bf16 (half the "
+        "size, relative error per element at most 2^-8; docs/vectors.md)",
     )
     e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     e.set_defaults(func=_extract)

@@ -91,7 +91,7 @@ def applied_blocks(
             # One check of the result instead of one per delta; find the culprit only now.
             # (Low-rank factors were checked when read; their product cannot be NaN.)
             for vec, e, _ in rest:
-                if e.kind == "dense":
+                if e.kind != "lowrank":
                     vec.delta_rows(e, start, stop)  # raises for NaN/inf in the vector
         yield start, stop, acc.to(base.dtype)
 
@@ -282,14 +282,19 @@ def apply_to_dir(
             src, weighted, out, instruct, force, protect_rows, max_shard_size, overwrite
         )
     samples = src.samples()
-    target = Target(
-        src.ref, src.shapes, src.dtypes, src.fingerprint(samples), _vocab_names(weighted), src.tied
-    )
+    # Config and vocabulary read as JSON (no transformers import); a fingerprint that does
+    # not match a vector is recomputed the slow way before anything is refused.
+    fast = True
+    fp = src.fingerprint(samples, fast=True)
+    if any(v.start.get("arch") != fp["arch"] for v, _ in weighted):
+        fast = False
+        fp = src.fingerprint(samples)
+    target = Target(src.ref, src.shapes, src.dtypes, fp, _vocab_names(weighted), src.tied)
     terms = plan(weighted, target)  # first: its refusals (shape, vocabulary) are the specific ones
     matches = [check_start(v, target, instruct, force) for v, _ in weighted]
     vocab = target.shapes[target.vocab_names[0]][0]
     spec = default_spec(protect_rows, instruct)
-    rows = resolve_rows(spec, vocab, src.tokenizer, src.config)
+    rows = _protected_rows(spec, vocab, src)
     protect = as_index(rows)
     max_shard = parse_size(max_shard_size) if isinstance(max_shard_size, str) else max_shard_size
     layout = _layout(src, max_shard)
@@ -334,9 +339,17 @@ def apply_to_dir(
         )  # fmt: skip
         # The output's fingerprint from the values just written: untouched tensors keep
         # their samples, touched ones were sampled block by block (no second read pass).
-        record["output_fingerprint"] = src.fingerprint(samples)
+        record["output_fingerprint"] = src.fingerprint(samples, fast=fast)
         atomic_write_json(tmp / RECORD, record)
     return record
+
+
+def _protected_rows(spec, vocab: int, src: ModelDir) -> list[int]:
+    """:func:`resolve_rows`, loading the tokenizer (a transformers import) only for "special"."""
+    items = spec.split(",") if isinstance(spec, str) else [] if spec is None else list(spec)
+    if any(isinstance(i, str) and i.strip() == "special" for i in items):
+        return resolve_rows(spec, vocab, src.tokenizer, src.config)
+    return resolve_rows(spec, vocab)
 
 
 def _vocab_names(weighted: Sequence[tuple[Vector, float]]) -> tuple[str, str]:

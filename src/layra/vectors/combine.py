@@ -17,13 +17,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from layra.atomic import atomic_dir
 from layra.errors import LayraError
 from layra.provenance import provenance
 from layra.vectors.arithmetic import FP32, concat_lowrank
-from layra.vectors.format import Entry, Vector, VectorWriter, load_vector, planned_keys
-
-CHUNK_BYTES = 64 << 20
+from layra.vectors.format import (
+    CHUNK_BYTES,
+    Entry,
+    Vector,
+    VectorWriter,
+    load_vector,
+    planned_keys,
+    write_delta,
+)
 
 
 def _check_inputs(weighted: list[tuple[Vector, float]], force: bool) -> bool:
@@ -119,15 +127,20 @@ def combine(
 
 
 def _dense_sum(w: VectorWriter, e: Entry, ts: list[tuple[Vector, Entry, float]]) -> None:
-    rows = e.shape[0] if e.shape else 1
-    row_elems = max(1, math.prod(e.shape[1:]))
-    step = max(1, CHUNK_BYTES // (4 * row_elems))
+    """``Σ λ_i Δ_i`` of one weight, dense or as its changed rows (kept even if all zero)."""
     factors = {id(te): v.factors(te) for v, te, _ in ts if te.kind == "lowrank"}
-    w.begin_dense(e.name, e.shape, e.aliases)
-    for start in range(0, rows, step):
-        stop = min(rows, start + step)
+
+    def block(start: int, stop: int) -> torch.Tensor:
         acc = None
         for v, te, lam in ts:
             d = v.delta_rows(te, start, stop, *factors.get(id(te), (None, None))).to(FP32)
             acc = d.mul_(lam) if acc is None else acc.add_(d, alpha=lam)
-        w.write_rows(acc)
+        return acc
+
+    if write_delta(w, e.name, e.shape, block, e.aliases, chunk_bytes=CHUNK_BYTES) is None:
+        # All zero (e.g. Δ − Δ): still named, as before, so the combined vector lists
+        # every weight its inputs touched — as zero rows where it can (no bytes).
+        if len(e.shape) >= 2:
+            w.begin_sparse(e.name, e.shape, torch.empty(0, dtype=torch.int64), e.aliases)
+        else:
+            w.dense(e.name, torch.zeros(e.shape, dtype=FP32), e.aliases)

@@ -9,8 +9,12 @@ adapted linear layer exactly as ``(α/r)·B·A`` (``α/√r`` with rsLoRA; per-m
 ``modules_to_save`` (embedding, LM head) hold trained values, so their delta is
 ``trained − base``. A full / layer-selective run's ``trained.safetensors`` holds
 the trained tensors; each delta is ``trained − base``. Deltas that are exactly
-zero are left out. The base model is checked against the run's recorded
-fingerprint, so a vector is never made against the wrong weights.
+zero are left out; an embedding / head delta with at most half its rows changed
+is stored as those rows (``rows`` entries, exact). ``dtype="bf16"``
+stores dense and row deltas in bf16 (half the bytes; relative error per element
+at most 2⁻⁸, docs/vectors.md); the default float32 is exact. The base model is
+checked against the run's recorded fingerprint, so a vector is never made
+against the wrong weights.
 """
 
 from __future__ import annotations
@@ -26,13 +30,13 @@ from layra.atomic import atomic_dir
 from layra.errors import LayraError
 from layra.provenance import provenance
 from layra.vectors.arithmetic import FP32
-from layra.vectors.format import Entry, VectorWriter, planned_keys
+from layra.vectors.format import Entry, VectorWriter, planned_keys, write_delta
 from layra.vectors.shards import TensorInfo, read_header, read_rows
 from layra.vectors.source import Source, open_model
 
 _PEFT_PREFIX = "base_model.model."
 _LORA_KEY = re.compile(r"^(?P<mod>.+)\.lora_(?P<emb>embedding_)?(?P<ab>[AB])(?:\.weight)?$")
-CHUNK_BYTES = 64 << 20
+DELTA_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _manifest(src: Source, fp: dict, method: str, languages, source: dict) -> dict[str, Any]:
@@ -63,20 +67,24 @@ def _aliases(src: Source, name: str) -> tuple[str, ...]:
     )
 
 
-def _dense_diff(w: VectorWriter, name: str, shape, new_rows, old_rows, aliases=()) -> None:
-    """Stream ``new − old`` into the vector, block of rows by block; drop it if all zero."""
-    rows = shape[0] if shape else 1
-    row_elems = max(1, (torch.Size(shape).numel() // rows) if rows else 1)
-    step = max(1, CHUNK_BYTES // (4 * row_elems))
-    w.begin_dense(name, tuple(shape), aliases)
-    nonzero = False
-    for start in range(0, rows, step):
-        stop = min(rows, start + step)
-        d = new_rows(start, stop).to(FP32) - old_rows(start, stop).to(FP32)
-        nonzero = nonzero or bool(d.any())
-        w.write_rows(d.reshape(stop - start, *shape[1:]) if shape else d)
-    if not nonzero:
-        w.drop_dense()
+def _dense_diff(
+    w: VectorWriter, name: str, shape, new_rows, old_rows, aliases=(), dtype=FP32
+) -> None:
+    """Stream ``new − old`` into the vector (dense, or its changed rows); nothing if all zero."""
+
+    def block(a: int, b: int) -> torch.Tensor:
+        return new_rows(a, b).to(FP32) - old_rows(a, b).to(FP32)
+
+    write_delta(w, name, tuple(shape), block, aliases, dtype)
+
+
+def delta_dtype(name: str | torch.dtype | None) -> torch.dtype:
+    """``"fp32"`` / ``"bf16"`` (or the dtype itself) → the dtype deltas are stored in."""
+    if isinstance(name, torch.dtype) and name in DELTA_DTYPES.values():
+        return name
+    if name is None or name in DELTA_DTYPES:
+        return DELTA_DTYPES[name or "fp32"]
+    raise LayraError(f"delta dtype {name!r} is not one of {', '.join(DELTA_DTYPES)}")
 
 
 def _reader(info: TensorInfo):
@@ -108,16 +116,23 @@ def _read_run(run: Path) -> dict[str, Any]:
 
 
 def extract_run(
-    run: str | Path, out: str | Path, *, base: str | None = None, overwrite: bool = False
+    run: str | Path,
+    out: str | Path,
+    *,
+    base: str | None = None,
+    overwrite: bool = False,
+    dtype: str | torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Write the language vector of a finished layra run to ``out``; return its manifest.
 
     ``base`` overrides the run's ``base_model`` (e.g. after moving it); it must
-    still have the fingerprint the run recorded. Raises :class:`LayraError` for
+    still have the fingerprint the run recorded. ``dtype`` (``"fp32"``, default, or
+    ``"bf16"``) is how dense and row deltas are stored. Raises :class:`LayraError` for
     an unfinished run, a base model with other weights, an adapter layra cannot
     express exactly (DoRA, LoRA biases, ...), or a NaN/inf delta.
     """
     run, out = Path(run), Path(out)
+    dt = delta_dtype(dtype)
     info = _read_run(run)
     if out.exists() and not overwrite:
         raise LayraError(f"output {out} already exists (pass --overwrite to replace it)")
@@ -150,10 +165,11 @@ def extract_run(
         },
     }
     manifest = _manifest(src, fp, info.get("method", "unknown"), info.get("languages"), source)
+    manifest["delta_dtype"] = str(dt).removeprefix("torch.")
     with atomic_dir(out, overwrite=overwrite) as tmp:
         if adapter.is_dir():
-            return _from_adapter(adapter, src, tmp, manifest)
-        return _from_trained(trained, src, tmp, manifest)
+            return _from_adapter(adapter, src, tmp, manifest, dt)
+        return _from_trained(trained, src, tmp, manifest, dt)
 
 
 def _lora_scale(cfg: dict[str, Any], module: str) -> tuple[int, float]:
@@ -183,7 +199,9 @@ def _check_adapter_config(cfg: dict[str, Any], where: Path) -> None:
             raise LayraError(f"{where}: adapters with {what} are not supported")
 
 
-def _from_adapter(adapter: Path, src: Source, out: Path, manifest: dict) -> dict[str, Any]:
+def _from_adapter(
+    adapter: Path, src: Source, out: Path, manifest: dict, dtype: torch.dtype = FP32
+) -> dict[str, Any]:
     cfg_path, weights = adapter / "adapter_config.json", adapter / "adapter_model.safetensors"
     if not weights.is_file():
         raise LayraError(f"{adapter} has no adapter_model.safetensors (layra never unpickles .bin)")
@@ -235,11 +253,13 @@ def _from_adapter(adapter: Path, src: Source, out: Path, manifest: dict) -> dict
     for name, t in full.items():
         _check_fits(adapter, name, t.shape, src)
         entries.append(Entry(name, "dense", t.shape))
-    with VectorWriter(out, [k for e in entries for k in planned_keys(e)]) as w:
+    with VectorWriter(out, [k for e in entries for k in planned_keys(e, dtype)]) as w:
         for name, (A, B, scale) in factors.items():
             w.lowrank(name, A, B, scale)
         for name, t in full.items():
-            _dense_diff(w, name, t.shape, _reader(t), _base_reader(src, name), _aliases(src, name))
+            _dense_diff(
+                w, name, t.shape, _reader(t), _base_reader(src, name), _aliases(src, name), dtype
+            )
         return w.finish(manifest)
 
 
@@ -254,13 +274,20 @@ def _check_fits(origin: Path, name: str, shape, src: Source) -> None:
         )
 
 
-def _from_trained(trained: Path, src: Source, out: Path, manifest: dict) -> dict[str, Any]:
+def _from_trained(
+    trained: Path, src: Source, out: Path, manifest: dict, dtype: torch.dtype = FP32
+) -> dict[str, Any]:
     stored, _ = read_header(trained)
     for name, t in stored.items():
         _check_fits(trained, name, t.shape, src)
-    with VectorWriter(out, [(n, FP32, t.shape) for n, t in stored.items()]) as w:
+    planned = [
+        k for n, t in stored.items() for k in planned_keys(Entry(n, "dense", t.shape), dtype)
+    ]
+    with VectorWriter(out, planned) as w:
         for name, t in stored.items():
-            _dense_diff(w, name, t.shape, _reader(t), _base_reader(src, name), _aliases(src, name))
+            _dense_diff(
+                w, name, t.shape, _reader(t), _base_reader(src, name), _aliases(src, name), dtype
+            )
         return w.finish(manifest)
 
 
@@ -304,7 +331,8 @@ def diff_models(
     }
     manifest = _manifest(a, fa, method, languages, source)
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        with VectorWriter(tmp, [(n, FP32, s) for n, s in a.shapes.items()]) as w:
+        planned = [k for n, s in a.shapes.items() for k in planned_keys(Entry(n, "dense", s))]
+        with VectorWriter(tmp, planned) as w:
             for name, shape in a.shapes.items():
                 if not a.dtypes[name].is_floating_point:
                     continue

@@ -3,17 +3,27 @@
     VEC/manifest.json       format, start-model fingerprint, method, languages, source,
                             per-tensor entries (see docs/vectors.md)
     VEC/delta.safetensors   dense deltas under the parameter name; low-rank factors
-                            under ``NAME::A`` (r, in) and ``NAME::B`` (out, r)
+                            under ``NAME::A`` (r, in) and ``NAME::B`` (out, r);
+                            row-sparse deltas as ``NAME::rows`` (k,) int64 row ids,
+                            ascending, and ``NAME::values`` (k, ...) those rows' deltas
 
 A tied embedding / LM head is one entry (under the embedding's name) whose
 ``aliases`` list the head: stored once, applied once to a tied model and to
 both tensors of an untied one.
+
+A ``rows`` entry is exact, not an approximation: every row it leaves out has a
+delta of exactly zero (an embedding row no gradient and no weight decay
+touched is bit-identical to the start). Writers pick it over ``dense`` when at
+most half the rows changed (:func:`write_delta`).
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +42,8 @@ DELTA_FILE = "delta.safetensors"
 
 @dataclass(frozen=True)
 class Entry:
-    """One weight's delta: ``dense`` or ``lowrank`` (``scale · B @ A``, rank ``rank``)."""
+    """One weight's delta: ``dense``, ``lowrank`` (``scale · B @ A``, rank ``rank``) or
+    ``rows`` (the ``rank`` rows that changed; all others are exactly zero)."""
 
     name: str
     kind: str
@@ -44,12 +55,18 @@ class Entry:
     @property
     def keys(self) -> tuple[str, ...]:
         """The tensor keys of this entry in ``delta.safetensors``."""
-        return (self.name,) if self.kind == "dense" else (f"{self.name}::A", f"{self.name}::B")
+        if self.kind == "dense":
+            return (self.name,)
+        if self.kind == "rows":
+            return (f"{self.name}::rows", f"{self.name}::values")
+        return (f"{self.name}::A", f"{self.name}::B")
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "shape": list(self.shape)}
         if self.kind == "lowrank":
             d.update(rank=self.rank, scale=self.scale)
+        elif self.kind == "rows":
+            d["rows"] = self.rank
         if self.aliases:
             d["aliases"] = list(self.aliases)
         return d
@@ -60,7 +77,7 @@ class Entry:
             name=name,
             kind=d["kind"],
             shape=tuple(int(s) for s in d["shape"]),
-            rank=int(d.get("rank", 0)),
+            rank=int(d.get("rows", 0) if d["kind"] == "rows" else d.get("rank", 0)),
             scale=float(d.get("scale", 1.0)),
             aliases=tuple(d.get("aliases", ())),
         )
@@ -104,9 +121,39 @@ class Vector:
             if check:
                 require_finite(d, f"vector {self.label}: {e.name}")
             return d
+        if e.kind == "rows":
+            stop = e.shape[0] if stop is None else stop
+            ids = self.row_ids(e)
+            lo, hi = (int(torch.searchsorted(ids, x)) for x in (start, stop))
+            vals = read_rows(self.stored[e.keys[1]], lo, hi).to(FP32)
+            if check:
+                require_finite(vals, f"vector {self.label}: {e.name}")
+            d = torch.zeros((stop - start, *e.shape[1:]), dtype=FP32)
+            d[ids[lo:hi] - start] = vals
+            return d
         if A is None or B is None:
             A, B = self.factors(e)
         return lowrank_rows(A, B, e.scale, start, stop)
+
+    def row_ids(self, e: Entry) -> torch.Tensor:
+        """The row ids of a ``rows`` entry (read once; checked ascending and in range)."""
+        got = self._row_ids.get(e.name)
+        if got is None:
+            got = read_rows(self.stored[e.keys[0]]).to(torch.long)
+            bad = got.numel() and (
+                bool((got[1:] <= got[:-1]).any()) or int(got[0]) < 0 or int(got[-1]) >= e.shape[0]
+            )
+            if bad:
+                raise LayraError(
+                    f"vector {self.label}: row ids of {e.name} are not ascending within "
+                    f"0..{e.shape[0] - 1}"
+                )
+            self._row_ids[e.name] = got
+        return got
+
+    @cached_property
+    def _row_ids(self) -> dict[str, torch.Tensor]:
+        return {}
 
 
 def load_vector(path: str | Path) -> Vector:
@@ -162,8 +209,8 @@ def _check_manifest(mf: Path, manifest: dict[str, Any]) -> None:
         key = f"tensors[{name!r}]"
         if not isinstance(d, dict):
             raise bad(key, "an object")
-        if d.get("kind") not in ("dense", "lowrank"):
-            raise bad(f"{key}.kind", "'dense' or 'lowrank'")
+        if d.get("kind") not in ("dense", "lowrank", "rows"):
+            raise bad(f"{key}.kind", "'dense', 'lowrank' or 'rows'")
         shape = d.get("shape")
         if not (isinstance(shape, list) and all(isinstance(x, int) and x >= 0 for x in shape)):
             raise bad(f"{key}.shape", "a list of sizes")
@@ -172,6 +219,8 @@ def _check_manifest(mf: Path, manifest: dict[str, Any]) -> None:
                 raise bad(f"{key}.rank", "a positive integer")
             if not isinstance(d.get("scale", 1.0), int | float):
                 raise bad(f"{key}.scale", "a number")
+        if d["kind"] == "rows" and not (isinstance(d.get("rows"), int) and d["rows"] >= 0):
+            raise bad(f"{key}.rows", "the number of stored rows")
         aliases = d.get("aliases", [])
         if not (isinstance(aliases, list) and all(isinstance(a, str) for a in aliases)):
             raise bad(f"{key}.aliases", "a list of parameter names")
@@ -181,7 +230,10 @@ def _check_entry(path: Path, e: Entry, stored: dict[str, TensorInfo]) -> None:
     for k in e.keys:
         if k not in stored:
             raise LayraError(f"vector {path}: tensor {k} is missing from its files")
-        if not stored[k].dtype.is_floating_point:
+        if k.endswith("::rows"):
+            if stored[k].dtype != torch.int64:
+                raise LayraError(f"vector {path}: row ids {k} are {stored[k].dtype}, not int64")
+        elif not stored[k].dtype.is_floating_point:
             raise LayraError(f"vector {path}: tensor {k} has dtype {stored[k].dtype}, not a float")
     if e.kind == "dense":
         got = stored[e.name].shape
@@ -189,6 +241,15 @@ def _check_entry(path: Path, e: Entry, stored: dict[str, TensorInfo]) -> None:
             raise LayraError(
                 f"vector {path}: {e.name} is stored with shape {got}, manifest says {e.shape}"
             )
+    elif e.kind == "rows":
+        ids, vals = (stored[k] for k in e.keys)
+        if (
+            len(e.shape) < 2
+            or ids.shape != (e.rank,)
+            or vals.shape != (e.rank, *e.shape[1:])
+            or e.rank > e.shape[0]
+        ):
+            raise LayraError(f"vector {path}: rows of {e.name} do not fit its shape {e.shape}")
     elif e.kind == "lowrank":
         a, b = (stored[k].shape for k in e.keys)
         if len(e.shape) != 2 or a != (e.rank, e.shape[1]) or b != (e.shape[0], e.rank):
@@ -241,12 +302,23 @@ class VectorWriter:
         self.entries[name] = Entry(name, "dense", tuple(shape), aliases=tuple(aliases))
         self._dtype = dtype
 
+    def begin_sparse(
+        self, name: str, shape: tuple[int, ...], ids: torch.Tensor, aliases=(), dtype=FP32
+    ) -> None:
+        """Start a ``rows`` delta for rows ``ids`` (ascending); their deltas follow, in
+        order, through :meth:`write_rows`."""
+        e = Entry(name, "rows", tuple(shape), int(ids.numel()), aliases=tuple(aliases))
+        self._w.add(e.keys[0], ids.to(torch.int64).contiguous())
+        self._w.begin(e.keys[1], dtype, (e.rank, *shape[1:]))
+        self.entries[name] = e
+        self._dtype = dtype
+
     def write_rows(self, rows: torch.Tensor) -> None:
         require_finite(rows, next(reversed(self.entries)))
         self._w.write(rows.to(self._dtype))
 
     def drop_dense(self) -> None:
-        """Forget the dense delta begun last."""
+        """Forget the dense delta begun last (not a ``rows`` one: that is never all zero)."""
         self._w.discard()
         self.entries.pop(next(reversed(self.entries)))
 
@@ -281,6 +353,75 @@ def planned_keys(
     e: Entry, dtype: torch.dtype = FP32
 ) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
     """The ``(key, dtype, shape)`` triples an entry occupies in a tensor file."""
-    if e.kind == "dense":
-        return [(e.name, dtype, e.shape)]
+    if e.kind in ("dense", "rows"):
+        # A dense delta may be written as rows (write_delta): reserve header room for both.
+        out = [(e.name, dtype, e.shape)]
+        if len(e.shape) >= 2:
+            out += [
+                (f"{e.name}::rows", torch.int64, (e.shape[0],)),
+                (f"{e.name}::values", dtype, e.shape),
+            ]
+        return out
     return [(e.keys[0], dtype, (e.rank, e.shape[1])), (e.keys[1], dtype, (e.shape[0], e.rank))]
+
+
+CHUNK_BYTES = 64 << 20  # float32 bytes per block of rows while writing a delta
+# A delta with at most this fraction of rows changed is stored as those rows. Half: the
+# row-finding pass then costs at most half a pass more when the delta turns out dense.
+SPARSE_MAX_FRACTION = 0.5
+
+
+def write_delta(
+    w: VectorWriter,
+    name: str,
+    shape: tuple[int, ...],
+    block: Callable[[int, int], torch.Tensor],
+    aliases=(),
+    dtype: torch.dtype = FP32,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> str | None:
+    """Stream a delta given as float32 blocks of rows, ``block(start, stop)``, into ``w``.
+
+    Returns the kind written: ``"rows"`` when at most :data:`SPARSE_MAX_FRACTION` of
+    the rows are non-zero
+    (a first pass finds them; exact, the others are zero), ``"dense"`` otherwise,
+    None (nothing written) when the delta is all zero. ``dtype`` is the stored
+    dtype of the values.
+    """
+    shape = tuple(shape)
+    rows = shape[0] if shape else 1
+    row_elems = max(1, math.prod(shape[1:])) if shape else 1
+    step = max(1, chunk_bytes // (4 * row_elems))
+    if len(shape) >= 2:
+        ids, limit = [], int(rows * SPARSE_MAX_FRACTION)
+        count = 0
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            d = block(start, stop).reshape(stop - start, -1)
+            hit = d.ne(0).any(dim=1).nonzero().squeeze(1) + start
+            ids.append(hit)
+            count += hit.numel()
+            if count > limit:
+                break
+        if count == 0:
+            return None
+        if count <= limit:
+            ids_t = torch.cat(ids)
+            w.begin_sparse(name, shape, ids_t, aliases, dtype)
+            for start in range(0, rows, step):
+                stop = min(rows, start + step)
+                local = ids_t[(ids_t >= start) & (ids_t < stop)] - start
+                if local.numel():
+                    w.write_rows(block(start, stop)[local])
+            return "rows"
+    w.begin_dense(name, shape, aliases, dtype)
+    nonzero = False
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        d = block(start, stop)
+        nonzero = nonzero or bool(d.any())
+        w.write_rows(d.reshape(stop - start, *shape[1:]) if shape else d.reshape(shape))
+    if not nonzero:
+        w.drop_dense()
+        return None
+    return "dense"
