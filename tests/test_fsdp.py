@@ -127,6 +127,15 @@ def test_fsdp_resume_from_sharded_checkpoint_ends_as_uninterrupted(runs):
     emb_full = next(v for k, v in full.items() if "embed_tokens" in k)
     assert s0[emb].shape[0] + s1[emb].shape[0] == emb_full.shape[0]
     assert _losses(resumed) == _losses(straight)
+    # `layra plan`'s FSDP state for this run (trained tensors and moments, sharded over 2)
+    # against what rank 0 really held: its shard of the checkpoint.
+    from layra.memory import inventory, plan_memory
+
+    inv = inventory(load_config(str(runs / "resumed" / "config.yaml"), []), "fp32")
+    plan = plan_memory(inv, "fsdp", 2)
+    planned = inv.count(True) * 4 / 2 + plan.term("optimizer moments").nbytes
+    held = sum(t.nbytes for k, t in s0.items() if k.startswith(("param.", "opt.")) and t.dim())
+    assert held == pytest.approx(planned, rel=0.2)
     wa, wb = _outputs(straight), _outputs(resumed)
     assert wa.keys() == wb.keys()
     for name in wa:
