@@ -110,7 +110,7 @@ def run_reference(spec: dict) -> dict:
         adam_epsilon=1e-5,
         max_grad_norm=1.0,
         bf16=spec["precision"] == "bf16",
-        use_cpu=True,
+        use_cpu=spec.get("device", "cpu") == "cpu",
         logging_steps=1,
         save_strategy="no",
         report_to="none",
@@ -157,7 +157,7 @@ def layra_config(spec: dict) -> dict:
             "gradient_checkpointing": spec["checkpointing"],
             "seed": spec["seed"],
             "log_every": 1,
-            "device": "cpu",
+            "device": spec.get("device", "cpu"),
         },
         "output_dir": spec["run_dir"],
     }
@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
         default="auto",
         help="both sides' precision; auto: layra's probe decides (printed)",
     )
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="both sides' device")
     ap.add_argument("--only", choices=["reference", "layra"], help="run one side only")
     ap.add_argument("--out", help="write the result as JSON here")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
     from layra.models import load_tokenizer
     from layra.precision import announce, cpu_info, resolve_precision
 
-    prec = resolve_precision(args.precision, "cpu")
+    prec = resolve_precision(args.precision, args.device)
     announce(prec)
 
     with tempfile.TemporaryDirectory(prefix="layra-bench-") as tmp:
@@ -287,6 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
             "checkpointing": args.checkpointing,
             "seed": args.seed,
             "precision": prec.name,
+            "device": args.device,
             "run_dir": str(work / "layra"),
             "workdir": str(work / "reference"),
             "data": str(work / "layra" / "data.safetensors"),

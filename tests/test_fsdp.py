@@ -20,15 +20,15 @@ from layra.errors import LayraError
 from layra.train import train_model
 
 HERE = Path(__file__).resolve().parent
-# (model, method): tied Gemma for all four methods, untied Llama where the head is its own
-# tensor (layra trains it as a PEFT copy, full as a plain parameter).
+# (model, method): each method once, tied and untied both covered, in ≤ 60 s of suite time.
+# Tied Gemma for full (the shared embedding / head as one plain parameter), layer-selective
+# and lora; untied Llama for layra (the head its own tensor, trained as a PEFT copy), which
+# is also the case the resume check continues.
 CASES = [
     ("gemma3_text", "full"),
     ("gemma3_text", "layer-selective"),
     ("gemma3_text", "lora"),
-    ("gemma3_text", "layra"),
     ("llama", "layra"),
-    ("llama", "full"),
 ]
 # fp32 on both sides: the only difference is the order of the gradient reduction (a sum
 # over two ranks, then / 2, against one sum over four blocks) — rounding of a few ulps
@@ -127,6 +127,15 @@ def test_fsdp_resume_from_sharded_checkpoint_ends_as_uninterrupted(runs):
     emb_full = next(v for k, v in full.items() if "embed_tokens" in k)
     assert s0[emb].shape[0] + s1[emb].shape[0] == emb_full.shape[0]
     assert _losses(resumed) == _losses(straight)
+    # `layra plan`'s FSDP state for this run (trained tensors and moments, sharded over 2)
+    # against what rank 0 really held: its shard of the checkpoint.
+    from layra.memory import inventory, plan_memory
+
+    inv = inventory(load_config(str(runs / "resumed" / "config.yaml"), []), "fp32")
+    plan = plan_memory(inv, "fsdp", 2)
+    planned = inv.count(True) * 4 / 2 + plan.term("optimizer moments").nbytes
+    held = sum(t.nbytes for k, t in s0.items() if k.startswith(("param.", "opt.")) and t.dim())
+    assert held == pytest.approx(planned, rel=0.2)
     wa, wb = _outputs(straight), _outputs(resumed)
     assert wa.keys() == wb.keys()
     for name in wa:
@@ -136,7 +145,7 @@ def test_fsdp_resume_from_sharded_checkpoint_ends_as_uninterrupted(runs):
 def test_vector_extract_reads_fsdp_outputs(runs, tmp_path):
     from layra.vectors import extract_run, load_vector
 
-    for name in ("gemma3_text-layra", "llama-full"):
+    for name in ("llama-layra", "gemma3_text-full"):
         one = extract_run(runs / "one" / name, tmp_path / f"one-{name}")
         two = extract_run(runs / name, tmp_path / f"two-{name}")
         assert one["method"] == two["method"]

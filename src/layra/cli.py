@@ -17,7 +17,18 @@ from layra import __version__
 from layra.errors import LayraError
 
 # Order here is the order in `layra --help`.
-COMMANDS = ("train", "vector", "eval", "report", "corpus", "demo", "lens", "diagnose", "sweep")
+COMMANDS = (
+    "train",
+    "plan",
+    "vector",
+    "eval",
+    "report",
+    "corpus",
+    "demo",
+    "lens",
+    "diagnose",
+    "sweep",
+)
 
 EPILOG = """examples:
   layra train --config configs/gemma3-270m-layra-gl.yaml train.max_steps=20

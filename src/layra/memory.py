@@ -1,18 +1,28 @@
-"""How much accelerator memory a training run needs, per GPU, computed from the model's shape.
+"""How much accelerator memory a training run needs, per device, from config.json alone.
 
-    python -m layra.memory            # the table in docs/scaling.md (Llama 3.1 8B, seq 2048)
+    layra plan --config configs/llama3.1-8b/full-gl.yaml --launcher fsdp --gpus 2
+    python -m layra.memory            # the tables in docs/scaling.md (Llama 3.1 8B, seq 2048)
 
-Pure arithmetic, no model loaded. Every figure is an estimate with its assumptions
-stated next to the function that makes it; docs/scaling.md is generated from
-:func:`scaling_table`, and a test keeps the two in step.
+:func:`inventory` builds the model on the meta device (shapes and dtypes, no weights),
+prepares the method exactly as ``layra train`` does (PEFT wrapping, frozen dtypes, fp32
+trained tensors) and lists every stored tensor; :func:`plan_memory` turns that list into
+the per-device terms of the launcher's formula, each with its dtype. The state terms
+(weights, gradients, optimizer moments, master copies) are checked against the bytes of the
+tensors alive after a real optimizer step of tiny models (tests/test_memory.py,
+tests/test_fsdp.py); activations and the logits chunk are estimates from the layer shapes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
 
 GiB = 2**30
-ENGINES = ("ddp", "fsdp", "zero2", "zero3")
+ROOT = Path(__file__).resolve().parents[2]  # the repository (configs/), in a source checkout
+LAUNCHERS = ("single", "ddp", "fsdp", "zero2", "zero3")
 METHODS = ("full", "layer-selective", "lora", "layra")
 
 
@@ -90,152 +100,419 @@ def count_params(shape: ModelShape, method: str, k: int = 10, m: int = 2, r: int
     return ParamCount(shape.params + lora + emb_head, lora + emb_head, matmul)
 
 
-def activation_bytes_per_token_layer(shape: ModelShape, residual_bytes: int = 4) -> int:
-    """Bytes one decoder layer keeps for backward per token (bf16 autocast, fused attention).
-
-    Counted tensors: each RMSNorm's input (residual dtype), fp32 normalised value and bf16
-    output; q, k, v after RoPE and the attention output (flash / memory-efficient SDPA keeps
-    no seq x seq matrix); the MLP's gate, up, activation and product (bf16). An upper
-    bound for frozen layers, whose linear inputs autograd need not keep.
-    """
-    h, i, kv = shape.hidden, shape.intermediate, shape.kv_dim
-    norms = 2 * (residual_bytes * h + 4 * h + 2 * h)
-    attention = 2 * shape.q_dim + 2 * kv + 2 * kv + 2 * shape.q_dim
-    mlp = 4 * 2 * i
-    return norms + attention + mlp
+# Published config.json fields of models the shipped presets name, for planning offline
+# (a hub id cannot be read here). Anything else is read from its config.json.
+PUBLISHED_CONFIGS: dict[str, dict[str, Any]] = {
+    "meta-llama/Llama-3.1-8B": {
+        "model_type": "llama",
+        "vocab_size": 128_256,
+        "hidden_size": 4096,
+        "intermediate_size": 14_336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 131_072,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500_000.0,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+    },
+}
+_SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 @dataclass(frozen=True)
-class Estimate:
-    """Bytes per GPU, by kind."""
+class TensorInfo:
+    """One stored parameter as ``layra train`` would hold it."""
 
-    weights: float
-    gradients: float
-    optimizer: float
-    activations: float
+    name: str
+    numel: int
+    dtype: str  # "bf16" / "fp32"
+    trainable: bool
+    layer: int | None  # decoder layer index; None: embeddings, final norm, head (the root unit)
+    matmul: bool  # a weight multiplied in the forward pass (linear layers, LM head)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * (4 if self.dtype == "fp32" else 2)
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """The tensors of a prepared model, and the facts the formula needs."""
+
+    model: str
+    method: str
+    precision: str  # the compute precision assumed: bf16 or fp32
+    load_dtype: str  # what layra loads weights in (layra.train.frozen_dtype)
+    shape: ModelShape
+    tensors: list[TensorInfo]
+    config_source: str
+
+    def count(self, trainable: bool | None = None) -> int:
+        return sum(t.numel for t in self.tensors if trainable in (None, t.trainable))
+
+
+def _read_config(cfg):
+    """The model's config (text part), from config.json / GGUF, else a published copy."""
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    from layra.train import _model_config
+
+    name = cfg.model.name_or_path
+    if name not in PUBLISHED_CONFIGS or Path(name).exists():
+        return _model_config(cfg), "config.json"
+
+    fields = dict(PUBLISHED_CONFIGS[name])
+    return AutoConfig.for_model(fields.pop("model_type"), **fields), "published config (offline)"
+
+
+def load_dtype_for(method: str, precision: str, stored: Any) -> str:
+    """``layra.train.frozen_dtype`` from the config's stored dtype (a test keeps them equal)."""
+    if precision != "bf16" or method == "full":
+        return "float32"
+    return "bfloat16" if str(stored).replace("torch.", "") == "bfloat16" else "float32"
+
+
+def inventory(cfg, precision: str = "bf16") -> Inventory:
+    """Build ``cfg``'s model on the meta device and prepare its method as training does.
+
+    No weights are read or allocated: shapes come from config.json, dtypes from the
+    checkpoint's stored dtype and ``precision`` (what ``train.precision`` resolves to on the
+    target device: bf16 on any recent GPU). ``method.embeddings: rows`` trains whole tensors
+    with a row mask, so it is planned as ``full`` embeddings.
+    """
+    import dataclasses
+
+    from transformers import AutoModelForCausalLM
+
+    from layra.arch import describe, unique_named_parameters, unwrap
+    from layra.methods import prepare_model
+    from layra.train import upcast_trainable
+
+    mc, source = _read_config(cfg)
+    stored = getattr(mc, "dtype", None) or getattr(mc, "torch_dtype", None)
+    load = load_dtype_for(cfg.method.name, precision, stored)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(mc, dtype=getattr(torch, load))
+    method = cfg.method
+    if method.embeddings == "rows":
+        method = dataclasses.replace(method, embeddings="full")
+    model, _ = prepare_model(model, method)
+    upcast_trainable(model)
+    arch = describe(unwrap(model))
+    hf = unwrap(model)
+    matmul = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    matmul.add(id(hf.get_output_embeddings().weight))
+    tensors = [
+        TensorInfo(
+            n,
+            p.numel(),
+            _SHORT.get(p.dtype, str(p.dtype)),
+            p.requires_grad,
+            arch.layer_of(n),
+            id(p) in matmul,
+        )
+        for n, p in unique_named_parameters(model)
+    ]
+    shape = ModelShape(
+        cfg.model.name_or_path,
+        mc.vocab_size,
+        mc.hidden_size,
+        mc.intermediate_size,
+        mc.num_hidden_layers,
+        mc.num_attention_heads,
+        mc.num_key_value_heads,
+        tied=arch.tied,
+        head_dim=getattr(mc, "head_dim", None),
+    )
+    return Inventory(
+        cfg.model.name_or_path, cfg.method.name, precision, load, shape, tensors, source
+    )
+
+
+@dataclass(frozen=True)
+class Term:
+    """One term of the per-device formula."""
+
+    name: str
+    nbytes: float
+    dtype: str
+    formula: str
+    state: bool  # held across steps (checked against live tensors); else peak-time only
+
+
+@dataclass
+class MemoryPlan:
+    """Per-device memory of one launcher: the terms and their sum."""
+
+    inv: Inventory
+    launcher: str
+    gpus: int
+    micro_batch: int
+    seq_len: int
+    checkpointing: bool
+    loss_chunk: int
+    terms: list[Term] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.activations
+        return sum(t.nbytes for t in self.terms)
+
+    @property
+    def state(self) -> float:
+        return sum(t.nbytes for t in self.terms if t.state)
+
+    def term(self, name: str) -> Term:
+        return next(t for t in self.terms if t.name == name)
+
+    def text(self) -> str:
+        """The plan as ``layra plan`` prints it."""
+        inv = self.inv
+        trained = inv.count(True)
+        lines = [
+            f"model: {inv.model} ({inv.config_source}), {inv.shape.layers} layers, "
+            f"{inv.count() / 1e9:.3f} B parameters stored",
+            f"method: {inv.method}; trainable {trained:,} ({trained / 1e9:.3f} B, "
+            f"{100 * trained / max(inv.count(), 1):.1f} %)",
+            f"precision: {inv.precision}; weights loaded in {inv.load_dtype}, trained tensors fp32",
+            f"launcher: {self.launcher} x {self.gpus}; per device: micro-batch {self.micro_batch}"
+            f" x seq {self.seq_len}, checkpointing {'on' if self.checkpointing else 'off'}, "
+            f"loss chunk {self.loss_chunk}",
+            "",
+            f"{'term':<22} {'GiB':>8}  {'dtype':<18} formula",
+        ]
+        for t in self.terms:
+            lines.append(f"{t.name:<22} {t.nbytes / GiB:>8.2f}  {t.dtype:<18} {t.formula}")
+        lines.append(f"{'total':<22} {self.total / GiB:>8.2f}")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
 
 
-def estimate(
-    shape: ModelShape,
-    method: str,
-    engine: str,
-    gpus: int = 8,
-    seq_len: int = 2048,
+def _mix(ts: list[TensorInfo]) -> str:
+    kinds = sorted({t.dtype for t in ts})
+    return "+".join(kinds) if kinds else "-"
+
+
+def _activation_terms(inv: Inventory, p: MemoryPlan, head_trains: bool) -> list[Term]:
+    s = inv.shape
+    c = 2 if inv.precision == "bf16" else 4  # compute dtype bytes
+    # The residual stream carries the embedding's dtype: fp32 when it trains or all is fp32.
+    r = 4 if inv.load_dtype == "float32" or head_trains else 2
+    tokens = p.micro_batch * p.seq_len
+    h, i, q, kv = s.hidden, s.intermediate, s.q_dim, s.kv_dim
+    # Per layer and token: each RMSNorm's input (residual dtype), fp32 normalised value and
+    # output; q, k, v after RoPE and the attention output (fused SDPA keeps no seq x seq
+    # matrix); the MLP's gate, up, activation and product.
+    per_tok = 2 * (r * h + 4 * h + r * h) + c * (2 * q + 2 * kv) + 4 * c * i
+    if p.checkpointing:
+        acts = s.layers * r * h * tokens + per_tok * tokens
+        f = f"{s.layers} layer inputs x {tokens} tok x {r} B + one layer recomputed"
+    else:
+        acts = s.layers * per_tok * tokens
+        f = f"{s.layers} layers x {tokens} tok x {per_tok} B"
+    out = [Term("activations", acts, f"{_SHORT_BYTES[r]} residual", f, False)]
+    cd = _SHORT_BYTES[c]
+    if p.loss_chunk > 0:
+        rows = min(p.loss_chunk, tokens)
+        block = max(1, min(rows, (1 << 27) // s.vocab // 4))  # layra.loss._row_block, about
+        chunk = rows * s.vocab * c + 2 * block * s.vocab * 4
+        f = f"{rows} rows x {s.vocab} vocab x {c} B + fp32 softmax block"
+        if head_trains:
+            gw = 4 if tokens > p.loss_chunk else c
+            chunk += s.vocab * h * gw
+            f += f" + head gradient {s.vocab}x{h}x{gw} B"
+        out.append(Term("logits chunk", chunk, cd, f, False))
+    else:
+        out.append(
+            Term(
+                "logits (unchunked)",
+                tokens * s.vocab * 10,
+                f"{cd}+fp32",
+                "tok x vocab x 10 B",
+                False,
+            )
+        )
+    if inv.precision == "bf16":
+        fp32_trained = sum(
+            t.numel for t in inv.tensors if t.matmul and t.trainable and t.dtype == "fp32"
+        )
+        frozen32 = [t for t in inv.tensors if t.matmul and not t.trainable and t.dtype == "fp32"]
+        frozen = sum(t.numel for t in frozen32)
+        if p.checkpointing:
+            frozen = max(
+                (sum(t.numel for t in frozen32 if t.layer == j) for j in range(s.layers)), default=0
+            )
+        copies = 2 * (fp32_trained + frozen)
+        if copies:
+            out.append(
+                Term(
+                    "autocast copies",
+                    copies,
+                    "bf16",
+                    "bf16 casts of fp32 matmul weights (trained: cached all forward; "
+                    "frozen: saved for backward" + (", one layer's)" if p.checkpointing else ")"),
+                    False,
+                )
+            )
+    return out
+
+
+_SHORT_BYTES = {2: "bf16", 4: "fp32"}
+
+
+def plan_memory(
+    inv: Inventory,
+    launcher: str = "single",
+    gpus: int = 1,
     micro_batch: int = 4,
+    seq_len: int = 2048,
     checkpointing: bool = True,
     loss_chunk: int = 1024,
-    k: int = 10,
-    m: int = 2,
-    r: int = 8,
-) -> Estimate:
-    """Memory per GPU of one training run (bytes), as layra runs it under each engine.
+) -> MemoryPlan:
+    """Per-device memory of training ``inv`` under ``launcher`` on ``gpus`` devices.
 
-    Assumptions, per engine:
+    What each launcher holds per device, as layra runs it (``zero2`` / ``zero3`` as DeepSpeed
+    would, though ``layra train`` refuses DeepSpeed today):
 
-    * ``ddp``: weights counted in fp32 under bf16 autocast (true for ``full`` and for fp32
-      checkpoints; on a bf16 checkpoint layra keeps frozen weights in bf16, see
-      ``layra.train.frozen_dtype``, so this overstates lora / layra there); every GPU holds
-      all weights (4 B), fp32 gradients of the trainable ones plus DDP's equal-sized
-      buckets (8 B), AdamW's two fp32 moments (8 B); autocast's bf16 copies of the matmul
-      weights live until backward (2 B each; one layer's worth with checkpointing).
-    * ``fsdp``: FULL_SHARD, ``use_orig_params``, bf16 ``param_dtype``: fp32 weights,
-      gradients and moments sharded over ``gpus``; every *unit* that holds a trainable
-      parameter gets a gradient for its whole flat parameter (frozen parts included);
-      the unsharded bf16 root unit (embeddings, head) plus two decoder layers live.
-    * ``zero2`` / ``zero3``: DeepSpeed keeps the model in bf16 (2 B; ZeRO-3 shards it and
-      gathers ~1e9 parameters at a time), fp32 master copies, moments and gradients of the
-      trainable parameters sharded (16 B / gpus), 2e8-element bf16 communication buckets.
+    * ``single`` / ``ddp``: every tensor in its stored dtype (frozen bf16 where the checkpoint
+      is bf16 and precision bf16, else fp32; trained tensors fp32, which are the optimizer's
+      master weights: no separate copy); fp32 gradients of trained tensors (DDP: plus its
+      gradient buckets of the same size); AdamW's two fp32 moments.
+    * ``fsdp``: FSDP2, one unit per decoder layer plus the root (embeddings, final norm, head):
+      every parameter sharded on dim 0 over ``gpus`` in its own dtype, gradients and moments
+      of trained tensors sharded; during compute the root unit and two layers (the current
+      and the prefetched) are gathered in their stored dtype (no mixed-precision policy).
+    * ``zero2``: the whole model in bf16 on every device, fp32 master copies, gradients and
+      moments of trained tensors sharded, 2e8-element bf16 buckets; ``zero3`` also shards
+      the bf16 model and gathers up to 1e9 parameters at a time.
 
-    Activations are per GPU for ``micro_batch`` sequences of ``seq_len``: every layer's
-    saved tensors, or with checkpointing the layer inputs plus one layer recomputed; plus
-    the LM head: layra's chunked loss holds ``loss_chunk`` x vocab bf16 logits and a bf16
-    head gradient; ``loss_chunk=0`` (the plain path) holds bf16 logits, their fp32 copy and
-    fp32 log-probabilities for the whole micro-batch (10 B per logit).
+    Peak-time terms: activations of ``micro_batch`` x ``seq_len`` tokens (see
+    :func:`_activation_terms`), the chunked loss's logits, and under bf16 autocast the bf16
+    copies of fp32 matmul weights (autocast caches the cast of each fp32 leaf parameter that
+    requires grad until the forward's autocast region exits).
     """
-    if engine not in ENGINES:
-        raise ValueError(f"engine {engine!r}: one of {', '.join(ENGINES)}")
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher {launcher!r}: one of {', '.join(LAUNCHERS)}")
     if gpus < 1 or seq_len < 1 or micro_batch < 1:
         raise ValueError("gpus, seq_len and micro_batch must be positive")
-    pc = count_params(shape, method, k, m, r)
-    n = 1 if engine == "ddp" else gpus
-    tokens = seq_len * micro_batch
-    head_trains = method in ("full", "layer-selective", "layra")
-
-    residual = 4 if engine in ("ddp", "fsdp") else 2  # fp32 weights + autocast keep fp32 residuals
-    per_layer = activation_bytes_per_token_layer(shape, residual) * tokens
-    if checkpointing:
-        acts = shape.layers * residual * shape.hidden * tokens + per_layer
-    else:
-        acts = shape.layers * per_layer
-    if loss_chunk > 0:
-        acts += min(loss_chunk, tokens) * shape.vocab * 2
-        acts += shape.vocab * shape.hidden * 2 if head_trains else 0
-    else:
-        acts += tokens * shape.vocab * 10
-    layer_matmul = shape.layer_params - 2 * shape.hidden
-
-    if engine == "ddp":
-        weights = 4 * pc.stored
-        copies = layer_matmul + shape.vocab * shape.hidden if checkpointing else pc.matmul
-        acts += 2 * copies
-        return Estimate(
-            weights,
-            8 * pc.trainable * (gpus > 1) + 4 * pc.trainable * (gpus == 1),
-            8 * pc.trainable,
-            acts,
-        )
-    if engine == "fsdp":
-        root = pc.stored - shape.layers * shape.layer_params  # embeddings, head, final norm
-        weights = 4 * pc.stored / n + 2 * (root + 2 * shape.layer_params)
-        grad_layers = {
-            "full": shape.layers,
-            "layer-selective": k + m,
-            "lora": shape.layers,
-            "layra": k + m,
-        }[method]
-        grad_params = grad_layers * shape.layer_params + (root if head_trains else 0)
-        return Estimate(weights, 4 * grad_params / n, 8 * pc.trainable / n, acts)
-    buckets = 2 * 2e8 * 2
-    if engine == "zero2":
-        weights = 2 * pc.stored + 4 * pc.trainable / n
-    else:
-        weights = 2 * pc.stored / n + 2 * 1e9 + 4 * pc.trainable / n
-    return Estimate(weights, 4 * pc.trainable / n + buckets, 8 * pc.trainable / n, acts)
-
-
-def _gib(x: float) -> str:
-    return f"{x / GiB:.1f}"
-
-
-def scaling_table(
-    shape: ModelShape = LLAMA_3_1_8B, gpus: int = 8, seq_len: int = 2048, micro_batch: int = 4
-) -> str:
-    """Markdown table: memory per GPU (GiB) for each method x engine, with/without checkpointing."""
-    lines = [
-        f"{shape.name}, {gpus} GPUs, seq {seq_len}, micro-batch {micro_batch} per GPU, bf16, "
-        "AdamW, layra's chunked loss (chunk 1024); LayRA k=10 m=2 r=8, layer-selective k=m=1.",
-        "",
-        "| method | trainable | engine | weights | gradients | optimizer | activations "
-        "(ckpt / none) | total (ckpt / none) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
-    ]
-    for method in METHODS:
-        km = {"k": 1, "m": 1} if method == "layer-selective" else {}
-        pc = count_params(shape, method, **km)
-        for engine in ENGINES:
-            on = estimate(shape, method, engine, gpus, seq_len, micro_batch, True, **km)
-            off = estimate(shape, method, engine, gpus, seq_len, micro_batch, False, **km)
-            lines.append(
-                f"| {method} | {pc.trainable / 1e9:.2f} B | {engine} | {_gib(on.weights)} | "
-                f"{_gib(on.gradients)} | {_gib(on.optimizer)} | {_gib(on.activations)} / "
-                f"{_gib(off.activations)} | **{_gib(on.total)}** / {_gib(off.total)} |"
+    if launcher == "single" and gpus != 1:
+        raise ValueError("launcher single runs on one device (gpus 1)")
+    p = MemoryPlan(inv, launcher, gpus, micro_batch, seq_len, checkpointing, loss_chunk)
+    ts = inv.tensors
+    trained = [t for t in ts if t.trainable]
+    frozen = [t for t in ts if not t.trainable]
+    T = sum(t.numel for t in trained)
+    N = inv.count()
+    held = sum(t.nbytes for t in ts)
+    n = gpus if launcher in ("fsdp", "zero2", "zero3") else 1
+    dtypes = ", ".join(f"{_mix(g)} {k}" for g, k in ((frozen, "frozen"), (trained, "trained")) if g)
+    # The head trains when a root-unit tensor of its size does (tied: the shared tensor).
+    big = inv.shape.vocab * inv.shape.hidden
+    head_trains = any(t.trainable and t.layer is None and t.numel == big for t in ts)
+    if launcher in ("single", "ddp", "fsdp"):
+        shard = f" / {n} (sharded per parameter)" if launcher == "fsdp" else ""
+        p.terms.append(Term("weights", held / n, dtypes, f"sum(numel x dtype size){shard}", True))
+        if launcher == "fsdp":
+            root = sum(t.nbytes for t in ts if t.layer is None)
+            layer = max(sum(t.nbytes for t in ts if t.layer == j) for j in range(inv.shape.layers))
+            p.terms.append(
+                Term(
+                    "gathered weights",
+                    root + 2 * layer,
+                    _mix(ts),
+                    "root unit (embeddings, norm, head) + 2 layers, unsharded during compute",
+                    False,
+                )
             )
+        grads = (8 if launcher == "ddp" and gpus > 1 else 4) * T / n
+        gf = "trained x 4 B" + (" x 2 (DDP buckets)" if launcher == "ddp" and gpus > 1 else "")
+        p.terms.append(Term("gradients", grads, "fp32", gf + (f" / {n}" if n > 1 else ""), True))
+        p.terms.append(
+            Term(
+                "optimizer moments",
+                8 * T / n,
+                "fp32",
+                "trained x 2 x 4 B" + (f" / {n}" if n > 1 else ""),
+                True,
+            )
+        )
+        p.terms.append(
+            Term("master copies", 0, "-", "none: trained tensors are fp32 themselves", True)
+        )
+    else:
+        if launcher == "zero2":
+            p.terms.append(Term("weights", 2 * N, "bf16", "all parameters x 2 B", True))
+        else:
+            p.terms.append(Term("weights", 2 * N / n, "bf16", f"all parameters x 2 B / {n}", True))
+            p.terms.append(
+                Term(
+                    "gathered weights", 2 * min(1e9, N), "bf16", "up to 1e9 parameters x 2 B", False
+                )
+            )
+        p.terms.append(
+            Term(
+                "gradients",
+                4 * T / n + 8e8,
+                "fp32+bf16",
+                f"trained x 4 B / {n} + 2x2e8 bf16 buckets",
+                True,
+            )
+        )
+        p.terms.append(
+            Term("optimizer moments", 8 * T / n, "fp32", f"trained x 2 x 4 B / {n}", True)
+        )
+        p.terms.append(Term("master copies", 4 * T / n, "fp32", f"trained x 4 B / {n}", True))
+        p.notes.append(
+            "layra train refuses DeepSpeed today (docs/scaling.md); shown for comparison"
+        )
+    p.terms += _activation_terms(inv, p, head_trains)
+    return p
+
+
+def markdown_table(plans: list[MemoryPlan]) -> str:
+    """GiB per device, one row per plan: the table in docs/scaling.md."""
+    names = ["weights", "gathered weights", "gradients", "optimizer moments", "master copies"]
+    lines = [
+        "| method | trainable | launcher | "
+        + " | ".join(names)
+        + " | activations + logits + autocast | total |",
+        "|---|---:|---|" + "---:|" * (len(names) + 2),
+    ]
+    for p in plans:
+        got = {t.name: t.nbytes for t in p.terms}
+        peak = sum(t.nbytes for t in p.terms if not t.state and t.name != "gathered weights")
+        cells = [f"{got.get(n, 0) / GiB:.1f}" for n in names]
+        lines.append(
+            f"| {p.inv.method} | {p.inv.count(True) / 1e9:.2f} B | {p.launcher} x {p.gpus} | "
+            + " | ".join(cells)
+            + f" | {peak / GiB:.1f} | **{p.total / GiB:.1f}** |"
+        )
     return "\n".join(lines)
 
 
+def scaling_tables() -> str:
+    """docs/scaling.md's tables: the Llama 3.1 8B presets, bf16, seq 2048, micro-batch 4."""
+    from layra.config import load_config
+
+    out = []
+    for gpus in (2, 8):
+        plans = []
+        for method in METHODS:
+            cfg = load_config(str(ROOT / "configs" / "llama3.1-8b" / f"{method}-gl.yaml"), [])
+            inv = inventory(cfg, "bf16")
+            for launcher in ("ddp", "fsdp", "zero2", "zero3"):
+                plans.append(plan_memory(inv, launcher, gpus))
+        out.append(
+            f"Llama 3.1 8B presets (configs/llama3.1-8b/*-gl.yaml), {gpus} GPUs, bf16, "
+            "seq 2048, micro-batch 4 per GPU, checkpointing, loss chunk 1024. GiB per GPU.\n\n"
+            + markdown_table(plans)
+        )
+    return "\n\n".join(out)
+
+
 if __name__ == "__main__":
-    print(scaling_table())
+    print(scaling_tables())
