@@ -1,5 +1,9 @@
+import os
 import sys
 from pathlib import Path
+
+# No test reaches the network: hub ids fail (or resolve from the cache) at once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 

@@ -15,7 +15,8 @@ from layra.sweep.grid import short_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
-EVAL = {"seq_len": 64, "batch_size": 8, "max_bytes": 600}  # one batch per text: fast
+# fp32: the equalities below are about the arithmetic, not bf16 rounding (same on any CPU).
+EVAL = {"seq_len": 64, "batch_size": 8, "max_bytes": 600, "dtype": "fp32"}  # one batch per text
 
 
 def tiny_run(model, corpus, lang, steps=2):

@@ -173,8 +173,33 @@ def _run_seed(run: Path) -> int | None:
     return seed if isinstance(seed, int) else None
 
 
+def weights_dtype(model_dir: str | Path, dtype: str, gguf_file: str | None = None) -> str:
+    """The dtype to hold a model's weights in when evaluation computes in ``dtype``.
+
+    bf16 compute autocasts the matmuls, so weights are kept as stored: bf16 only when
+    the checkpoint is bf16 (same values), else fp32. Rounding fp32 weights to bf16
+    would change the model and its fingerprint, and vectors and runs are checked
+    against the fingerprint of the weights they were trained from.
+    """
+    import json
+
+    if str(dtype).replace("torch.", "") in ("fp32", "float32") or gguf_file:
+        return "float32"
+    cfg = Path(model_dir).expanduser() / "config.json"
+    try:
+        mc = json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return "float32"  # a hub id or an unreadable config: the safe choice
+    mc = mc.get("text_config", mc) if isinstance(mc.get("text_config"), dict) else mc
+    stored = mc.get("dtype") or mc.get("torch_dtype")
+    return "bfloat16" if stored == "bfloat16" else "float32"
+
+
 def load_run(run: str | Path, dtype: str = "float32") -> tuple[Any, Any, dict[str, Any]]:
-    """Load a finished run as the model it trained: ``(model, tokenizer, run info)``."""
+    """Load a finished run as the model it trained: ``(model, tokenizer, run info)``.
+
+    ``dtype`` is the compute dtype; weights are held as :func:`weights_dtype` says.
+    """
     from layra.models import load_model
 
     run = Path(run)
@@ -188,10 +213,12 @@ def load_run(run: str | Path, dtype: str = "float32") -> tuple[Any, Any, dict[st
         "seed": _run_seed(run),
     }
     if (run / "model" / "config.json").is_file():
-        model, tok = load_model(str(run / "model"), dtype=dtype)
+        model, tok = load_model(str(run / "model"), dtype=weights_dtype(run / "model", dtype))
         info["loaded"] = "model/"
         return model, tok, info
-    base, tok = load_model(_resolve_base(meta["base_model"], run), meta.get("gguf_file"), dtype)
+    base_ref = _resolve_base(meta["base_model"], run)
+    wdt = weights_dtype(base_ref, dtype, meta.get("gguf_file"))
+    base, tok = load_model(base_ref, meta.get("gguf_file"), wdt)
     _check_base(base, tok, meta, run)
     if (run / "adapter").is_dir():
         from peft import PeftModel
@@ -212,6 +239,7 @@ def load_run(run: str | Path, dtype: str = "float32") -> tuple[Any, Any, dict[st
 def load_spec(spec: ModelSpec | str, dtype: str = "float32") -> LoadedModel:
     """Load what a MODEL argument names, vectors applied in memory, in eval mode.
 
+    ``dtype`` is the compute dtype; weights are held as :func:`weights_dtype` says.
     Raises :class:`LayraError` for anything that does not exist or does not load.
     """
     from layra.models import load_model
@@ -222,7 +250,7 @@ def load_spec(spec: ModelSpec | str, dtype: str = "float32") -> LoadedModel:
         model, tok, info = load_run(spec.model, dtype)
         info = {"source": "run", **info}
     else:
-        model, tok = load_model(spec.model, dtype=dtype)
+        model, tok = load_model(spec.model, dtype=weights_dtype(spec.model, dtype))
         info = {"source": "model", "path": spec.model}
     handle = None
     if spec.vectors:
