@@ -199,7 +199,7 @@ def resolve_precision(
         why = "asked for" if req == "bf16" else "decided from CPU flags alone (multi-process)"
         return Precision(name, req, dev, f"{why}; this CPU {has} AVX512-BF16/AMX")
     probe = probe_cpu_matmul()
-    speeds = f"{probe.bf16_gflops:g} vs {probe.fp32_gflops:g} GFLOP/s bf16 vs fp32 matmul"
+    speeds = f"{probe.bf16_gflops:.3g} vs {probe.fp32_gflops:.3g} GFLOP/s bf16 vs fp32 matmul"
     if native is None:
         fast = probe.speedup >= BF16_MIN_SPEEDUP
     else:
