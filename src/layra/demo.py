@@ -30,6 +30,7 @@ from pathlib import Path
 from layra.atomic import atomic_write_text
 from layra.config import DataConfig, MethodConfig, ModelConfig, RunConfig, SourceConfig, TrainConfig
 from layra.errors import LayraError
+from layra.method_registry import method_spec
 
 MODEL_CACHE = Path("~/.cache/layra/gemma3-270m")
 TRAIN_SOURCE = "libreoffice"
@@ -118,7 +119,9 @@ def run_config(
     tokens: int | None = None, precision: str | None = None, out: Path | None = None,
 ) -> RunConfig:  # fmt: skip
     seed = s.seed if seed is None else seed
-    km = {"k": s.layra_km[0], "m": s.layra_km[1]} if method == "layra" else {}
+    spec = method_spec(method)
+    # layra_km is the k, m of the LoRA method that selects layers (layer-selective: paper's).
+    km = {"k": s.layra_km[0], "m": s.layra_km[1]} if spec.lora and spec.selects_layers else {}
     return RunConfig(
         model=ModelConfig(name_or_path=model),
         method=MethodConfig(name=method, **km),
@@ -237,7 +240,7 @@ def _calibrate(s: DemoSettings, model: str, corpus: Path, precision: str) -> tup
     """
     from layra.train import train
 
-    method = "full" if "full" in s.methods else s.methods[0]
+    method = next((m for m in s.methods if method_spec(m).trains_everything), s.methods[0])
     out = s.workdir / ".calibrate"
     cfg = run_config(s, model, corpus, method, precision=precision, out=out)
     cfg.train.max_steps, cfg.train.save_every, cfg.train.trackers = 1, 0, "none"

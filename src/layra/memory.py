@@ -20,10 +20,11 @@ from typing import Any
 
 import torch
 
+from layra.method_registry import METHOD_SPECS, METHODS, method_spec
+
 GiB = 2**30
 ROOT = Path(__file__).resolve().parents[2]  # the repository (configs/), in a source checkout
 LAUNCHERS = ("single", "ddp", "fsdp", "zero2", "zero3")
-METHODS = ("full", "layer-selective", "lora", "layra")
 
 
 @dataclass(frozen=True)
@@ -83,16 +84,17 @@ class ParamCount:
 
 def count_params(shape: ModelShape, method: str, k: int = 10, m: int = 2, r: int = 8) -> ParamCount:
     """Stored and trainable parameters under a method (k, m: first/last layers; r: LoRA rank)."""
-    if method not in METHODS:
+    if method not in METHOD_SPECS:
         raise ValueError(f"method {method!r}: one of {', '.join(METHODS)}")
+    spec = METHOD_SPECS[method]
     emb_head = shape.embed_params + shape.head_params
     matmul = shape.layers * (shape.layer_params - 2 * shape.hidden) + shape.vocab * shape.hidden
     lora_per_layer = r * sum(a + b for a, b in shape.linear_shapes())
-    if method == "full":
+    if spec.trains_everything:
         return ParamCount(shape.params, shape.params, matmul)
-    if method == "layer-selective":
+    if not spec.lora:
         return ParamCount(shape.params, (k + m) * shape.layer_params + emb_head, matmul)
-    if method == "lora":
+    if not spec.selects_layers:
         lora = shape.layers * lora_per_layer
         return ParamCount(shape.params + lora, lora, matmul)
     # layra: LoRA on k + m layers; embeddings and head trained as PEFT copies of the originals.
@@ -171,7 +173,7 @@ def _read_config(cfg):
 
 def load_dtype_for(method: str, precision: str, stored: Any) -> str:
     """``layra.train.frozen_dtype`` from the config's stored dtype (a test keeps them equal)."""
-    if precision != "bf16" or method == "full":
+    if precision != "bf16" or method_spec(method).trains_everything:
         return "float32"
     return "bfloat16" if str(stored).replace("torch.", "") == "bfloat16" else "float32"
 

@@ -78,7 +78,9 @@ def frozen_dtype(cfg: RunConfig, precision: str) -> str:
     master copies (:func:`upcast_trainable`). In fp32 (chosen where bf16 matmul is
     slow) everything is fp32: bf16 frozen weights would be cast on every use.
     """
-    if precision != "bf16" or cfg.method.name == "full":
+    from layra.method_registry import method_spec
+
+    if precision != "bf16" or method_spec(cfg.method.name).trains_everything:
         return "float32"
     mc = _model_config(cfg)
     stored = getattr(mc, "dtype", None) or getattr(mc, "torch_dtype", None)
@@ -620,7 +622,8 @@ def _write_outputs(
     from layra.checkpoint import trainable_state
     from layra.methods import save_adapter
 
-    if plan.method in ("lora", "layra"):
+    adapter = plan.spec.artifact == "adapter"
+    if adapter:
         with atomic_dir(out / "adapter", overwrite=True) as tmp:
             # In-place embedding / head saved as modules_to_save; ``full``: gathered shards.
             save_adapter(model, plan, tmp, state_dict=full)
@@ -631,7 +634,7 @@ def _write_outputs(
         save_file(tensors, str(tmp), metadata={"format": "pt", "method": plan.method})
         os.replace(tmp, out / "trained.safetensors")
     if cfg.merge:
-        if plan.method in ("lora", "layra"):
+        if adapter:
             # Merging rewrites the base weights; a caller that keeps the model gets a copy merged.
             merged = (copy.deepcopy(model) if copy_before_merge else model).merge_and_unload()
         else:

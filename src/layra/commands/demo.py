@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from layra.config import METHODS
+    from layra.method_registry import METHODS
     from layra.demo import DemoSettings, run_demo
     from layra.errors import LayraError
 
