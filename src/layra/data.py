@@ -354,37 +354,43 @@ def save_packed(packed: PackedData, directory: Path) -> None:
 
     from layra.atomic import atomic_write_json, atomic_write_text, temp_prefix
 
+    from layra.rundir import RunDir
+
+    rd = RunDir(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for lang, docs in packed.heldout.items():
         # JSONL: a document with blank lines inside (a JSONL row) stays one document.
-        atomic_write_text(directory / "heldout" / f"{lang}.jsonl", documents_jsonl(docs))
-    atomic_write_json(directory / "data_stats.json", packed.stats)
-    tmp = directory / temp_prefix("data.safetensors").rstrip("-")
+        atomic_write_text(rd.heldout_file(lang), documents_jsonl(docs))
+    atomic_write_json(rd.data_stats, packed.stats)
+    tmp = directory / temp_prefix(rd.data.name).rstrip("-")
     save_file(
         {"blocks": packed.blocks.contiguous()},
         str(tmp),
         metadata={"block_lang": json.dumps(packed.block_lang)},
     )
-    os.replace(tmp, directory / "data.safetensors")
+    os.replace(tmp, rd.data)
 
 
 def load_packed(directory: Path) -> PackedData:
     """Read what :func:`save_packed` wrote; a damaged file is a one-line error."""
     from safetensors import SafetensorError, safe_open
 
+    from layra.rundir import RunDir
+
+    rd = RunDir(directory)
     try:
-        with safe_open(str(directory / "data.safetensors"), framework="pt") as f:
+        with safe_open(str(rd.data), framework="pt") as f:
             blocks = f.get_tensor("blocks")
             block_lang = json.loads(f.metadata()["block_lang"])
         heldout = {}
         # .txt: a run saved before held-out text was JSONL
-        for p in sorted((directory / "heldout").glob("*.*"), key=lambda p: p.suffix != ".jsonl"):
+        for p in sorted(rd.heldout.glob("*.*"), key=lambda p: p.suffix != ".jsonl"):
             if p.suffix in (".jsonl", ".txt"):
                 heldout.setdefault(p.stem, read_documents(p))
-        stats = json.loads((directory / "data_stats.json").read_text())
+        stats = json.loads(rd.data_stats.read_text())
     except (OSError, SafetensorError, KeyError, TypeError, ValueError) as e:
         raise LayraError(
             f"packed data in {directory} is damaged ({str(e).splitlines()[0] if str(e) else e!r}); "
-            f"delete {directory / 'data.safetensors'} to pack it again"
+            f"delete {rd.data} to pack it again"
         ) from e
     return PackedData(blocks, block_lang, heldout, stats)

@@ -31,6 +31,7 @@ from layra.atomic import atomic_write_text
 from layra.config import DataConfig, MethodConfig, ModelConfig, RunConfig, SourceConfig, TrainConfig
 from layra.errors import LayraError
 from layra.method_registry import method_spec
+from layra.rundir import RunDir
 
 MODEL_CACHE = Path("~/.cache/layra/gemma3-270m")
 TRAIN_SOURCE = "libreoffice"
@@ -248,7 +249,7 @@ def _calibrate(s: DemoSettings, model: str, corpus: Path, precision: str) -> tup
     t = time.perf_counter()
     train(cfg, overwrite=True, progress=False)
     wall = time.perf_counter() - t
-    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if x.strip()]
+    log = RunDir(out).read_log()
     step_s = log[-1]["elapsed_s"]
     overhead = max(0.0, wall - step_s)
     shutil.rmtree(out, ignore_errors=True)
@@ -326,7 +327,7 @@ def run_demo(s: DemoSettings) -> dict:
     texts = eval_texts(corpus)
 
     runs = [(m, seed) for m in s.methods for seed in seeds(s)]
-    todo = [r for r in runs if not (run_dir(s, *r) / "run.json").exists()]
+    todo = [r for r in runs if not RunDir(run_dir(s, *r)).is_complete()]
     t = time.perf_counter()
     budget = plan_budget(s, model, corpus, prec.name, len(texts), len(todo))
     s.timings["calibrate_s"] = time.perf_counter() - t
@@ -337,7 +338,7 @@ def run_demo(s: DemoSettings) -> dict:
         cfg = run_config(s, model, corpus, method, seed, budget.tokens, prec.name)
         out = Path(cfg.output_dir)
         label = f"{method}, seed {seed}" if s.seeds > 1 else method
-        if (out / "run.json").exists():
+        if RunDir(out).is_complete():
             _say(f"[3/5] train {label} ({i}/{len(runs)}): done before, reusing {out}")
             continue
         _say(clock.line(f"[3/5] train {label} ({i}/{len(runs)})"))

@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from layra import distributed as dist
-from layra.atomic import atomic_dir, atomic_write_json, atomic_write_text
+from layra.atomic import atomic_dir, atomic_write_text
 from layra.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from layra.config import RunConfig, to_dict, validate
 from layra.errors import LayraError
+from layra.rundir import RunDir, RunRecord
 
 
 def set_seed(seed: int) -> None:
@@ -91,12 +91,11 @@ def _keep_resumed_precision(prec, out: Path):
     """A resumed ``auto`` run keeps the precision it started in (the probe could differ)."""
     import dataclasses
 
-    path = out / "provenance.json"
-    if prec.requested != "auto" or not path.is_file():
+    if prec.requested != "auto":
         return prec
     try:
-        before = (json.loads(path.read_text()).get("precision") or {}).get("name")
-    except (OSError, ValueError, AttributeError):
+        before = ((RunDir(out).read_provenance() or {}).get("precision") or {}).get("name")
+    except AttributeError:  # a hand-edited provenance.json
         return prec
     if before in ("bf16", "fp32") and before != prec.name:
         why = f"kept from the run being resumed (now auto would pick {prec.name})"
@@ -216,24 +215,23 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
 
     from layra.atomic import check_writable, clean_stale
 
-    out = Path(cfg.output_dir)
+    rd = RunDir(cfg.output_dir)
+    out = rd.path
     if out.exists() and not out.is_dir():
         raise LayraError(f"output_dir {out} is a file; choose a directory path")
-    if (out / "run.json").exists() and not overwrite:
+    if rd.run_json.exists() and not overwrite:
         raise LayraError(f"run {out} is already complete (pass --overwrite to train it again)")
     if out.exists() and any(out.iterdir()) and not (resume or overwrite):
         raise LayraError(
             f"output directory {out} exists; pass --resume to continue it or --overwrite"
         )
-    check_writable(out / "run.json")
-    if resume and (out / "config.yaml").exists():
-        saved = yaml.safe_load((out / "config.yaml").read_text())
-        now = to_dict(cfg)
-        for key in ("model", "method", "data"):
-            if saved.get(key) != now.get(key):
-                raise LayraError(
-                    f"--resume: {key} settings differ from the run in {out}; use a new output_dir"
-                )
+    check_writable(rd.run_json)
+    if resume and rd.config_yaml.exists():
+        differ = rd.differing_settings(cfg, ("model", "method", "data"))
+        if differ:
+            raise LayraError(
+                f"--resume: {differ[0]} settings differ from the run in {out}; use a new output_dir"
+            )
     if overwrite and out.exists() and not resume:
         shutil.rmtree(out)
     try:
@@ -243,13 +241,13 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
             f"cannot create output_dir {out}: {e.strerror or e}; choose a writable location"
         ) from e
     # What a killed run left: half-written checkpoints, outputs and packed data.
-    for d in (out, out / "checkpoints", out / "heldout"):
+    for d in (out, rd.checkpoints, rd.heldout):
         clean_stale(d)
-    if (out / "data.safetensors").exists() and not (out / "data_stats.json").exists():
+    if rd.data.exists() and not rd.data_stats.exists():
         # Packed by a layra that renamed data.safetensors into place first, then killed.
         with contextlib.suppress(FileNotFoundError):  # another process of the run was first
-            (out / "data.safetensors").unlink()
-        print(f"layra: removed incomplete packed data {out / 'data.safetensors'}", file=sys.stderr)
+            rd.data.unlink()
+        print(f"layra: removed incomplete packed data {rd.data}", file=sys.stderr)
     return out
 
 
@@ -332,7 +330,7 @@ def train_model(
     set_seed(t.seed)
 
     tok = load_tokenizer(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.trust_remote_code)
-    cached = (out / "data.safetensors").exists()
+    cached = RunDir(out).data.exists()
     dist.sync_ranks()  # every rank has looked before rank 0 writes the cache
     if cached:
         packed = data_mod.load_packed(out)
@@ -354,9 +352,8 @@ def train_model(
     rows = select_rows(cfg.method, tok, packed.blocks, say)  # None unless method.embeddings=rows
 
     if acc.is_main_process:
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        atomic_write_json(
-            out / "provenance.json",
+        RunDir(out).write_config(cfg)
+        RunDir(out).write_provenance(
             provenance(
                 seed=t.seed,
                 accelerate_state=str(acc.distributed_type),
@@ -414,7 +411,7 @@ def train_model(
     scheduler = _schedule(optimizer, t.schedule, warmup, total_steps)
     loss_model, optimizer = dist.prepare(acc, loss_model, optimizer, sharded)
 
-    ckpt_root = out / "checkpoints"
+    ckpt_root = RunDir(out).checkpoints
     start_step, tokens_seen = 0, 0
     last = latest_checkpoint(ckpt_root) if resume else None
     if last is not None and dist.is_sharded_checkpoint(last):
@@ -455,7 +452,7 @@ def train_model(
             prune_checkpoints(ckpt_root, t.keep_checkpoints)
         acc.wait_for_everyone()
 
-    log = _Log(out / "log.jsonl", acc.is_main_process, start_step)
+    log = _Log(RunDir(out).log_jsonl, acc.is_main_process, start_step)
     device = acc.device
     rank = acc.process_index
     seq_len = packed.blocks.shape[1]
@@ -543,32 +540,28 @@ def train_model(
     full = dist.full_trainable(model) if sharded else None
     if acc.is_main_process:
         _write_outputs(cfg, out, model, tok, plan, keep_model, merged_dtype=load_dtype, full=full)
-        summary = {
-            "status": "complete",
-            "method": plan.method,
-            "plan": plan.to_dict(),
-            "base_model": _portable_ref(cfg.model.name_or_path),
-            "gguf_file": cfg.model.gguf_file,
-            "base_fingerprint": base_fp,
-            "languages": list(packed.heldout),
-            "steps": total_steps,
-            "tokens": tokens_seen,
-            "final_loss": loss_val,
-            "train_seconds_this_session": round(elapsed, 1),
-            "tokens_per_s_this_session": round((tokens_seen - tok0) / elapsed, 1)
+        rd = RunDir(out)
+        record = RunRecord(
+            method=plan.method,
+            plan=plan.to_dict(),
+            base_model=_portable_ref(cfg.model.name_or_path),
+            gguf_file=cfg.model.gguf_file,
+            base_fingerprint=base_fp,
+            languages=list(packed.heldout),
+            steps=total_steps,
+            tokens=tokens_seen,
+            final_loss=loss_val,
+            train_seconds_this_session=round(elapsed, 1),
+            tokens_per_s_this_session=round((tokens_seen - tok0) / elapsed, 1)
             if elapsed
             else None,
-            "peak_rss_gib": round(_peak_rss_gib(), 2),
-            "processes": world,
-            "precision": prec.to_dict(),
-            "tied": model_is_tied(model),
-            "outputs": sorted(
-                p.name
-                for p in out.iterdir()
-                if p.name in ("adapter", "trained.safetensors", "model")
-            ),
-        }
-        atomic_write_json(out / "run.json", summary)
+            peak_rss_gib=round(_peak_rss_gib(), 2),
+            processes=world,
+            precision=prec.to_dict(),
+            tied=model_is_tied(model),
+            outputs=rd.outputs(),
+        )
+        rd.write_record(record)
         say(f"done: {total_steps} steps, final loss {loss_val:.4f}, outputs in {out}")
     acc.wait_for_everyone()
     return out, model
@@ -582,7 +575,7 @@ def _check_inputs(cfg: RunConfig, resume: bool) -> None:
     if cfg.train.device == "cuda" and not torch.cuda.is_available():
         raise LayraError("train.device=cuda but no CUDA device is available")
     check_model_files(cfg.model.name_or_path, cfg.model.gguf_file)
-    if not (resume and (Path(cfg.output_dir) / "data.safetensors").exists()):
+    if not (resume and RunDir(cfg.output_dir).data.exists()):
         for src in cfg.data.sources:
             source_format(src)  # a missing file, an empty directory, an unknown type
 
@@ -622,17 +615,18 @@ def _write_outputs(
     from layra.checkpoint import trainable_state
     from layra.methods import save_adapter
 
+    rd = RunDir(out)
     adapter = plan.spec.artifact == "adapter"
     if adapter:
-        with atomic_dir(out / "adapter", overwrite=True) as tmp:
+        with atomic_dir(rd.adapter, overwrite=True) as tmp:
             # In-place embedding / head saved as modules_to_save; ``full``: gathered shards.
             save_adapter(model, plan, tmp, state_dict=full)
             tok.save_pretrained(tmp)
     else:
         tensors = trainable_state(unwrap(model)) if full is None else dist.hf_names(model, full)
-        tmp = out / ".trained.safetensors.tmp"
+        tmp = rd.trained.with_name(f".{rd.trained.name}.tmp")
         save_file(tensors, str(tmp), metadata={"format": "pt", "method": plan.method})
-        os.replace(tmp, out / "trained.safetensors")
+        os.replace(tmp, rd.trained)
     if cfg.merge:
         if adapter:
             # Merging rewrites the base weights; a caller that keeps the model gets a copy merged.
@@ -642,6 +636,6 @@ def _write_outputs(
         if merged_dtype != "float32":
             # Frozen weights were kept as stored (bf16): write one dtype, as loaders expect.
             merged = (copy.deepcopy(merged) if copy_before_merge else merged).to(torch.bfloat16)
-        with atomic_dir(out / "model", overwrite=True) as tmp:
+        with atomic_dir(rd.model, overwrite=True) as tmp:
             merged.save_pretrained(tmp)
             tok.save_pretrained(tmp)

@@ -15,6 +15,7 @@ from typing import Any
 
 from layra.config import to_dict
 from layra.errors import require
+from layra.rundir import RunDir
 from layra.sweep.grid import (
     UNSAFE_CHARS,
     GridConfig,
@@ -150,7 +151,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, say: Say | None = None) -
         elif p.kind == "train":
             _train_point(p, progress, say)
             # A run trained again (another run.json) is evaluated again.
-            extra = {"run": _file_hash(Path(p.run.output_dir) / "run.json")}
+            extra = {"run": _file_hash(RunDir(p.run.output_dir).run_json)}
             if not _skip(say, p, markers, extra):
                 evaluate(p, p.run.output_dir, extra)
     for g in cfg.grids:
@@ -174,16 +175,13 @@ def _skip(say: Say, p: Point, markers: _Markers, extra: dict[str, Any]) -> bool:
 
 def _train_point(p: Point, progress: bool, say: Say) -> None:
     """Train a point's run unless it finished before with the same settings."""
-    import yaml
-
     from layra.train import train
 
-    assert p.run is not None
-    run_dir = Path(p.run.output_dir)
-    if (run_dir / "run.json").is_file():
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-        now = to_dict(p.run)
-        differ = [k for k in ("model", "method", "data", "train") if saved.get(k) != now.get(k)]
+    require(p.run is not None, f"internal: sweep point {p.name} has no run to train")
+    rd = RunDir(p.run.output_dir)
+    run_dir = rd.path
+    if rd.is_complete():
+        differ = rd.differing_settings(p.run, ("model", "method", "data", "train"))
         require(
             not differ,
             f"{p.name}: {run_dir} holds a finished run with other {', '.join(differ)} "
