@@ -29,30 +29,23 @@ from layra.atomic import atomic_dir, atomic_write_json
 from layra.errors import LayraError
 from layra.fingerprint import sample_positions
 from layra.provenance import provenance
-from layra.vectors.arithmetic import FP32, add_lowrank_, concat_lowrank, zero_rows
+from layra.vectors.arithmetic import (
+    APPLY_CHUNK_BYTES,
+    FP32,
+    add_lowrank_,
+    concat_lowrank,
+    row_blocks,
+    zero_rows,
+)
 from layra.vectors.compat import Contribution, Target, check_start, plan
-from layra.vectors.format import Vector, load_vector
+from layra.vectors.format import Vector, VectorSpec, load_weighted
 from layra.vectors.protect import DEFAULT, as_index, default_spec, resolve_rows
 from layra.vectors.shards import StreamWriter, TensorInfo, copy_file, read_rows
 from layra.vectors.source import INDEX, LiveModel, ModelDir, open_model
 
 RECORD = "layra_vector_apply.json"
-CHUNK_BYTES = 16 << 20  # float32 bytes per block of rows: bounds peak memory, stays in
-# malloc's reusable range (larger blocks are fresh mmaps, paying page faults every time)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt")
 
-VectorSpec = tuple[Vector | str | Path, float]
-
-
-def _load(vectors: Sequence[VectorSpec]) -> list[tuple[Vector, float]]:
-    if not vectors:
-        raise LayraError("no vectors given")
-    out = []
-    for v, lam in vectors:
-        if not math.isfinite(lam):
-            raise LayraError(f"λ for {v} must be a finite number, not {lam}")
-        out.append((v if isinstance(v, Vector) else load_vector(v), float(lam)))
-    return out
 
 
 def applied_blocks(
@@ -61,7 +54,7 @@ def applied_blocks(
     read: Callable[[int, int], torch.Tensor],
     terms: Sequence[Contribution],
     protect: torch.Tensor | None,
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int = APPLY_CHUNK_BYTES,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """``(start, stop, new rows)`` of one weight with every term added, block by block.
 
@@ -77,9 +70,7 @@ def applied_blocks(
             # pass over the block however many vectors there are.
             fused = concat_lowrank([(lam * e.scale, *factors[id(e)]) for _, e, lam in lowrank])
             rest = [t for t in terms if t[1].kind != "lowrank"]
-    step = max(1, chunk_bytes // max(1, 4 * row_elems))
-    for start in range(0, max(rows, 1), step):
-        stop = min(rows, start + step) if rows else 1
+    for start, stop in row_blocks(max(rows, 1), row_elems, chunk_bytes):  # 0-d: one block
         base = read(start, stop)
         acc = base.to(FP32, copy=True)
         if fused is not None:
@@ -169,7 +160,7 @@ def apply_to_model(
     ``protect_rows`` (:mod:`layra.vectors.protect`): by default nothing for Eq. 1–3,
     special and chat-template rows for ``instruct``.
     """
-    weighted = _load(vectors)
+    weighted = load_weighted(vectors)
     src = LiveModel(model, tokenizer)
     arch = src.arch
     vocab = (f"{arch.embed_name}.weight", f"{arch.head_name}.weight")
@@ -271,7 +262,7 @@ def apply_to_dir(
     Raises :class:`LayraError` — leaving ``out`` untouched — for any refusal.
     """
     out = Path(out)
-    weighted = _load(vectors)
+    weighted = load_weighted(vectors)
     if out.exists() and not overwrite:
         raise LayraError(f"output {out} already exists (pass --overwrite to replace it)")
     if Path(model).exists() and out.resolve() == Path(model).resolve():

@@ -12,7 +12,6 @@ recorded), and always its architecture.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,11 @@ from layra.errors import LayraError
 from layra.provenance import provenance
 from layra.vectors.arithmetic import FP32, concat_lowrank
 from layra.vectors.format import (
-    CHUNK_BYTES,
     Entry,
     Vector,
+    VectorSpec,
     VectorWriter,
-    load_vector,
+    load_weighted,
     planned_keys,
     write_delta,
 )
@@ -57,7 +56,7 @@ def _check_inputs(weighted: list[tuple[Vector, float]], force: bool) -> bool:
 
 
 def combine(
-    vectors: Sequence[tuple[Vector | str | Path, float]],
+    vectors: Sequence[VectorSpec],
     out: str | Path,
     *,
     force: bool = False,
@@ -69,11 +68,7 @@ def combine(
         raise LayraError("no vectors given")
     if out.exists() and not overwrite:
         raise LayraError(f"output {out} already exists (pass --overwrite to replace it)")
-    weighted = []
-    for v, lam in vectors:
-        if not math.isfinite(lam):
-            raise LayraError(f"λ for {v} must be a finite number, not {lam}")
-        weighted.append((v if isinstance(v, Vector) else load_vector(v), float(lam)))
+    weighted = load_weighted(vectors)
     forced = _check_inputs(weighted, force)
     terms: dict[str, list[tuple[Vector, Entry, float]]] = {}
     for v, lam in weighted:
@@ -137,7 +132,7 @@ def _dense_sum(w: VectorWriter, e: Entry, ts: list[tuple[Vector, Entry, float]])
             acc = d.mul_(lam) if acc is None else acc.add_(d, alpha=lam)
         return acc
 
-    if write_delta(w, e.name, e.shape, block, e.aliases, chunk_bytes=CHUNK_BYTES) is None:
+    if write_delta(w, e.name, e.shape, block, e.aliases) is None:
         # All zero (e.g. Δ − Δ): still named, as before, so the combined vector lists
         # every weight its inputs touched — as zero rows where it can (no bytes).
         if len(e.shape) >= 2:
