@@ -158,7 +158,7 @@ def lora_config(cfg: MethodConfig, plan: MethodPlan, model: nn.Module, in_place:
         emb = arch.embed_name.split(".")[-1]
         head = arch.head_name.split(".")[-1]
         # With tied weights, listing both and ensure_weight_tying keeps one shared tensor;
-        # without it PEFT would silently untie them (SPEC, pitfalls).
+        # without it PEFT would silently untie them (huggingface/peft#2777; docs/scaling.md).
         modules_to_save = [emb, head]
     if in_place:
         modules_to_save = None

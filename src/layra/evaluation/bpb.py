@@ -283,7 +283,8 @@ def bits_per_byte(
     finally:
         model.train(was_training)
     n_tokens = sum(len(d) for d in doc_ids)
-    assert sum(n for _, _, n in windows) == n_tokens, "every token is scored exactly once"
+    # The windowing promises every token scored exactly once; a bpb without that is wrong.
+    require(sum(n for _, _, n in windows) == n_tokens, "internal: windows do not score every token once")
     total_nll = float(doc_nll.sum())
     return BpbResult(
         lang=text.lang,
