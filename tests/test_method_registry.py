@@ -64,6 +64,9 @@ def test_no_method_name_comparisons_outside_the_registry():
         if path.name == "method_registry.py":
             continue
         source = path.read_text(encoding="utf-8")
-        found += [f"{path.relative_to(SRC)}:{n}" for n in _method_name_comparisons(ast.parse(source), source)]
+        found += [
+            f"{path.relative_to(SRC)}:{n}"
+            for n in _method_name_comparisons(ast.parse(source), source)
+        ]
     assert found == []
     assert len(METHOD_SPECS) == len(METHODS)

@@ -124,8 +124,7 @@ def test_untied_head_trains_as_its_own_tensor(model_dirs, corpus_dir, tmp_path):
         "layer-selective",
         ["train.max_steps=2"],
     )
-    result = train_model(cfg, progress=False)
-    out, model = result.run_dir, result.model
+    out = train_model(cfg, progress=False).run_dir
     trained = load_file(out / "trained.safetensors")
     assert "lm_head.weight" in trained and "model.embed_tokens.weight" in trained
     assert not torch.equal(
@@ -140,7 +139,9 @@ def test_resume_gives_the_same_weights(method, model_dirs, corpus_dir, tmp_path)
     a = run_cfg(model_dirs["llama"], corpus_dir / "gl.txt", tmp_path / "a", method, extra)
     ma = train_model(a, progress=False).model
     b = run_cfg(model_dirs["llama"], corpus_dir / "gl.txt", tmp_path / "b", method, extra)
-    train_model(b, progress=False, should_stop=lambda done: done == 3)  # "killed" after step 3's checkpoint
+    train_model(
+        b, progress=False, should_stop=lambda done: done == 3
+    )  # "killed" after step 3's checkpoint
     assert not (tmp_path / "b" / "run.json").exists()
     mb = train_model(b, resume=True, progress=False).model
     sa = {n: p for n, p in ma.named_parameters() if p.requires_grad}

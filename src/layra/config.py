@@ -296,9 +296,14 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def validate(cfg: RunConfig) -> None:
     """Checks that need no model: everything that can fail before a model loads."""
-    m, t, d = cfg.method, cfg.train, cfg.data
     if not cfg.model.name_or_path:
         raise LayraError("model.name_or_path is required (a model directory, hub id or .gguf file)")
+    _validate_method(cfg.method)
+    _validate_train(cfg.train)
+    _validate_data(cfg.data)
+
+
+def _validate_method(m: MethodConfig) -> None:
     spec = method_spec(m.name)
     if spec.lora:
         if m.r <= 0:
@@ -329,6 +334,9 @@ def validate(cfg: RunConfig) -> None:
             f"method.k / method.m do not apply to method {m.name} (it trains every layer)"
         )
     _validate_embeddings(m)
+
+
+def _validate_train(t: TrainConfig) -> None:
     if t.lr <= 0:
         raise LayraError(f"train.lr must be positive, got {t.lr}")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
@@ -360,6 +368,9 @@ def validate(cfg: RunConfig) -> None:
         )
     if t.log_every < 1:
         raise LayraError(f"train.log_every must be at least 1 (steps), got {t.log_every}")
+
+
+def _validate_data(d: DataConfig) -> None:
     if not d.sources:
         raise LayraError("data.sources is empty: give at least one {path, lang}")
     for i, s in enumerate(d.sources):

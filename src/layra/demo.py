@@ -303,6 +303,24 @@ class _Clock:
         return f"{what}  [{el / 60:.1f} min{left}]"
 
 
+def _train_runs(s: DemoSettings, runs, model: str, corpus: Path, budget: Budget, precision: str,
+                clock) -> None:  # fmt: skip
+    """Train each (method, seed) run not finished before; time each."""
+    from layra.train import train
+
+    for i, (method, seed) in enumerate(runs, 1):
+        cfg = run_config(s, model, corpus, method, seed, budget.tokens, precision)
+        out = Path(cfg.output_dir)
+        label = f"{method}, seed {seed}" if s.seeds > 1 else method
+        if RunDir(out).is_complete():
+            _say(f"[3/5] train {label} ({i}/{len(runs)}): done before, reusing {out}")
+            continue
+        _say(clock.line(f"[3/5] train {label} ({i}/{len(runs)})"))
+        t = time.perf_counter()
+        train(cfg, resume=out.exists(), progress=s.progress)
+        s.timings[f"train_{method}_seed{seed}_s"] = time.perf_counter() - t
+
+
 def run_demo(s: DemoSettings) -> dict:
     """Run every stage; return paths of the table and plots and the measured timings."""
     from layra.evaluation.plots import plot_bars, plot_tradeoff
@@ -310,7 +328,6 @@ def run_demo(s: DemoSettings) -> dict:
     from layra.evaluation.run import run_bpb
     from layra.evaluation.store import load_records
     from layra.precision import announce, resolve_precision
-    from layra.train import train
 
     check_settings(s)
     t_all = time.perf_counter()
@@ -334,18 +351,7 @@ def run_demo(s: DemoSettings) -> dict:
     _say(_budget_line(budget))
     clock = _Clock(budget.predicted_s)
 
-    for i, (method, seed) in enumerate(runs, 1):
-        cfg = run_config(s, model, corpus, method, seed, budget.tokens, prec.name)
-        out = Path(cfg.output_dir)
-        label = f"{method}, seed {seed}" if s.seeds > 1 else method
-        if RunDir(out).is_complete():
-            _say(f"[3/5] train {label} ({i}/{len(runs)}): done before, reusing {out}")
-            continue
-        _say(clock.line(f"[3/5] train {label} ({i}/{len(runs)})"))
-        t = time.perf_counter()
-        train(cfg, resume=out.exists(), progress=s.progress)
-        s.timings[f"train_{method}_seed{seed}_s"] = time.perf_counter() - t
-
+    _train_runs(s, runs, model, corpus, budget, prec.name, clock)
     store = s.workdir / "results"
     t = time.perf_counter()
     models = [("PT", model, None)] + [(m, str(run_dir(s, m, seed)), seed) for m, seed in runs]

@@ -203,29 +203,9 @@ def prepare_model(
             )
         plan.embedding_rows = sorted({int(r) for r in rows})
     if plan.spec.lora:
-        from peft import get_peft_model
-
-        in_place = embeddings_in_place and plan.train_embeddings
-        model = get_peft_model(model, lora_config(cfg, plan, model, in_place))
-        if in_place:
-            # A row mask (embeddings: rows) edits dense gradients only.
-            _train_embeddings_in_place(model, arch.tied and plan.embeddings != "rows")
-        got = sorted(
-            {arch.layer_of(n) for n, _ in model.named_parameters() if "lora_A" in n} - {None}
-        )
-        if got != plan.lora_layers:
-            raise LayraError(f"LoRA adapters landed on layers {got}, expected {plan.lora_layers}")
+        model = _wrap_lora(model, cfg, plan, embeddings_in_place)
     else:
-        for p in model.parameters():
-            p.requires_grad_(plan.spec.trains_everything)
-        if plan.spec.selects_layers:
-            full = set(plan.full_layers)
-            for name, p in model.named_parameters():
-                if arch.layer_of(name) in full:
-                    p.requires_grad_(True)
-            if plan.train_embeddings:
-                model.get_input_embeddings().weight.requires_grad_(True)
-                model.get_output_embeddings().weight.requires_grad_(True)
+        _unfreeze_planned(model, plan)
     hf = unwrap(model)
     if arch.tied and hf.get_input_embeddings().weight is not hf.get_output_embeddings().weight:
         raise LayraError("internal: tied embeddings became untied while preparing the method")
@@ -238,6 +218,37 @@ def prepare_model(
         plan.embeddings_weight_decay,
     )
     return model, plan
+
+
+def _wrap_lora(model: nn.Module, cfg: MethodConfig, plan: MethodPlan, embeddings_in_place: bool):
+    """The PEFT model of a LoRA plan, checked to carry adapters on exactly the planned layers."""
+    from peft import get_peft_model
+
+    arch = describe(model)
+    in_place = embeddings_in_place and plan.train_embeddings
+    model = get_peft_model(model, lora_config(cfg, plan, model, in_place))
+    if in_place:
+        # A row mask (embeddings: rows) edits dense gradients only.
+        _train_embeddings_in_place(model, arch.tied and plan.embeddings != "rows")
+    got = sorted({arch.layer_of(n) for n, _ in model.named_parameters() if "lora_A" in n} - {None})
+    if got != plan.lora_layers:
+        raise LayraError(f"LoRA adapters landed on layers {got}, expected {plan.lora_layers}")
+    return model
+
+
+def _unfreeze_planned(model: nn.Module, plan: MethodPlan) -> None:
+    """Without LoRA: every parameter trains, or the planned layers plus embeddings and head."""
+    arch = describe(model)
+    for p in model.parameters():
+        p.requires_grad_(plan.spec.trains_everything)
+    if plan.spec.selects_layers:
+        full = set(plan.full_layers)
+        for name, p in model.named_parameters():
+            if arch.layer_of(name) in full:
+                p.requires_grad_(True)
+        if plan.train_embeddings:
+            model.get_input_embeddings().weight.requires_grad_(True)
+            model.get_output_embeddings().weight.requires_grad_(True)
 
 
 IN_PLACE_ATTR = "layra_embeddings_in_place"  # set on a PEFT model by prepare_model

@@ -329,7 +329,9 @@ def train(
     should_stop: StopWhen | None = None,
 ) -> Path:
     """Train ``cfg`` and return the run directory (see docs/formats.md)."""
-    res = train_model(cfg, resume, overwrite, progress, should_stop=should_stop, merge_in_place=True)
+    res = train_model(
+        cfg, resume, overwrite, progress, should_stop=should_stop, merge_in_place=True
+    )
     return res.run_dir
 
 
@@ -364,8 +366,18 @@ def train_model(
     start, tokens = ckpt.resume(say) if resume else (0, 0)
     log = MetricLog(RunDir(out).log_jsonl, acc, start)
     desc = f"train {built.plan.method}"
-    fit = _fit(parts, packed.blocks, steps, ckpt, log, cfg.train, (start, tokens), should_stop,
-               progress, desc)
+    fit = _fit(
+        parts,
+        packed.blocks,
+        steps,
+        ckpt,
+        log,
+        cfg.train,
+        (start, tokens),
+        should_stop,
+        progress,
+        desc,
+    )
     if fit.stopped_early:
         return TrainResult(out, built.model, None, fit.steps)
     record = _finish(cfg, out, parts, ckpt, tok, built, packed, fit, prec, merge_in_place, say)
@@ -561,7 +573,11 @@ class Checkpointer:
         else:
             named = self.parts.model.named_parameters()
             bad = next(
-                (n for n, p in named if p.requires_grad and not torch.isfinite(dist.local(p)).all()),
+                (
+                    n
+                    for n, p in named
+                    if p.requires_grad and not torch.isfinite(dist.local(p)).all()
+                ),
                 None,
             )
             if bad is None:
@@ -595,15 +611,31 @@ class _Fit:
     stopped_early: bool
 
 
-def _fit(parts: _Parts, blocks, steps: StepPlan, ckpt, log, t: TrainConfig, start, should_stop,
-         progress: bool, desc: str) -> _Fit:
+def _fit(
+    parts: _Parts,
+    blocks,
+    steps: StepPlan,
+    ckpt,
+    log,
+    t: TrainConfig,
+    start,
+    should_stop,
+    progress: bool,
+    desc: str,
+) -> _Fit:
     """The training loop, from ``start`` = (steps done, tokens seen) to the plan's end."""
     from tqdm.auto import tqdm
 
     done, tokens = start
     show = progress and parts.acc.is_main_process
-    bar = tqdm(total=steps.total_steps, initial=done, disable=not show, desc=desc, unit="step",
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=steps.total_steps,
+        initial=done,
+        disable=not show,
+        desc=desc,
+        unit="step",
+        dynamic_ncols=True,
+    )
     parts.model.train()
     t0, tok0, loss, stop = time.perf_counter(), tokens, float("nan"), False
     try:
@@ -614,9 +646,17 @@ def _fit(parts: _Parts, blocks, steps: StepPlan, ckpt, log, t: TrainConfig, star
             tps = (tokens - tok0) / elapsed if elapsed > 0 else 0.0
             if done % t.log_every == 0 or done == steps.total_steps:
                 lr = parts.scheduler.get_last_lr()[0]
-                log.write({"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                           "tokens": tokens, "tokens_per_s": round(tps, 1),
-                           "elapsed_s": round(elapsed, 2)})
+                log.write(
+                    {
+                        "step": done,
+                        "loss": loss,
+                        "lr": lr,
+                        "grad_norm": grad_norm,
+                        "tokens": tokens,
+                        "tokens_per_s": round(tps, 1),
+                        "elapsed_s": round(elapsed, 2),
+                    }
+                )
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
             bar.update(1)
             stop = should_stop is not None and should_stop(done)
@@ -655,16 +695,35 @@ def _train_step(
     return loss_val, grad_norm
 
 
-def _finish(cfg: RunConfig, out: Path, parts: _Parts, ckpt, tok, built: _Built, packed, fit: _Fit,
-            prec, merge_in_place: bool, say) -> RunRecord | None:
+def _finish(
+    cfg: RunConfig,
+    out: Path,
+    parts: _Parts,
+    ckpt,
+    tok,
+    built: _Built,
+    packed,
+    fit: _Fit,
+    prec,
+    merge_in_place: bool,
+    say,
+) -> RunRecord | None:
     """Check the weights, write the artifact (and model/ if asked), then run.json, last."""
     ckpt.check_finite(fit.steps)
     # Under FSDP every rank takes part in gathering the full trained tensors rank 0 writes.
     full = dist.full_trainable(built.model) if parts.sharded else None
     record = None
     if parts.acc.is_main_process:
-        _write_outputs(cfg, out, built.model, tok, built.plan, not merge_in_place,
-                       merged_dtype=built.load_dtype, full=full)
+        _write_outputs(
+            cfg,
+            out,
+            built.model,
+            tok,
+            built.plan,
+            not merge_in_place,
+            merged_dtype=built.load_dtype,
+            full=full,
+        )
         record = _run_record(cfg, out, built, list(packed.heldout), fit, prec, parts.acc)
         RunDir(out).write_record(record)
         say(f"done: {fit.steps} steps, final loss {fit.loss:.4f}, outputs in {out}")

@@ -51,9 +51,31 @@ def _check_out(path: Path, overwrite: bool) -> None:
     check_writable(path)
 
 
+def _warn_empty(tmap) -> None:
+    for lang, size in tmap.sizes().items():
+        if size == 0:
+            print(
+                f"layra: warning: no token is distinctive of {lang}; its own-language mass is 0",
+                file=sys.stderr,
+            )
+
+
+def _suggestion(profile: dict):
+    """k, m and why, recorded in ``profile``; a profile without signal is still valid."""
+    from layra.lens import suggest_km
+
+    try:
+        k, m, why = suggest_km(profile)
+    except LayraError as e:
+        k = m = None
+        why = f"no suggestion: {e}"
+    profile["suggestion"] = {"k": k, "m": m, "explanation": why}
+    return k, m, why
+
+
 def _run_profile(args) -> int:
     from layra.atomic import atomic_write_bytes, atomic_write_json
-    from layra.lens import lens_profile, suggest_km
+    from layra.lens import lens_profile
     from layra.models import load_model
     from layra.provenance import provenance
     from layra.tokenlang import token_language_map
@@ -79,12 +101,7 @@ def _run_profile(args) -> int:
     announce(prec)
     model, tok = load_model(args.model, dtype=prec.name)
     tmap = token_language_map(tok, texts, ratio=args.ratio, min_count=args.min_count)
-    for lang, size in tmap.sizes().items():
-        if size == 0:
-            print(
-                f"layra: warning: no token is distinctive of {lang}; its own-language mass is 0",
-                file=sys.stderr,
-            )
+    _warn_empty(tmap)
     profile = lens_profile(
         model,
         tok,
@@ -101,12 +118,7 @@ def _run_profile(args) -> int:
     }
     for lang, (path, _) in sources.items():
         profile["texts"][lang]["path"] = str(path)
-    try:
-        k, m, why = suggest_km(profile)
-    except LayraError as e:  # a profile without signal is still a valid profile
-        k = m = None
-        why = f"no suggestion: {e}"
-    profile["suggestion"] = {"k": k, "m": m, "explanation": why}
+    k, m, why = _suggestion(profile)
     atomic_write_json(out, profile)
     print(f"wrote {out}")
     if heatmap:
@@ -156,6 +168,12 @@ def register(sub) -> None:
         "model", metavar="MODEL", help="model directory, .gguf file or hub id; or `suggest`"
     )
     p.add_argument("profile", nargs="?", metavar="PROFILE", help="(suggest) a profile JSON")
+    _add_profile_options(p)
+    _add_suggest_options(p)
+    p.set_defaults(func=run)
+
+
+def _add_profile_options(p) -> None:
     p.add_argument(
         "--text",
         action="append",
@@ -192,10 +210,14 @@ def register(sub) -> None:
     p.add_argument(
         "--dtype",
         default="auto",
-        choices=["auto", "fp32", "bf16", "float32", "bfloat16"],
+        type=lambda s: {"float32": "fp32", "bfloat16": "bf16"}.get(s, s),  # old spellings
+        choices=["auto", "fp32", "bf16"],
         help="weights dtype; auto (default): bf16 where this CPU multiplies bf16 fast, else fp32",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def _add_suggest_options(p) -> None:
     p.add_argument(
         "--lang",
         action="append",
@@ -209,4 +231,3 @@ def register(sub) -> None:
         help="(suggest) relative own-language mass below which a layer is "
         "language-general (default 0.5)",
     )
-    p.set_defaults(func=run)

@@ -150,8 +150,6 @@ def weights_dtype(model_dir: str | Path, dtype: str, gguf_file: str | None = Non
     would change the model and its fingerprint, and vectors and runs are checked
     against the fingerprint of the weights they were trained from.
     """
-    import json
-
     if str(dtype).replace("torch.", "") in ("fp32", "float32") or gguf_file:
         return "float32"
     cfg = Path(model_dir).expanduser() / "config.json"
@@ -203,7 +201,7 @@ def load_run(run: str | Path, dtype: str = "float32") -> tuple[Any, Any, dict[st
         info["loaded"] = "adapter/"
         return model, tok, info
     _load_trained_tensors(base, artifact)
-    info["loaded"] = "trained.safetensors"
+    info["loaded"] = artifact.name  # trained.safetensors
     return base, tok, info
 
 

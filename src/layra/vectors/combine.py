@@ -55,6 +55,34 @@ def _check_inputs(weighted: list[tuple[Vector, float]], force: bool) -> bool:
     return forced
 
 
+def _manifest(weighted: list[tuple[Vector, float]], forced: bool) -> dict[str, Any]:
+    first = weighted[0][0].manifest
+    langs = list(
+        dict.fromkeys(lang for v, _ in weighted for lang in v.manifest.get("languages", []))
+    )
+    return {
+        "start": first["start"],
+        "method": "combine",
+        "languages": langs,
+        "source": {
+            "kind": "combine",
+            "inputs": [
+                {
+                    "path": v.label,
+                    "lambda": lam,
+                    "start": v.start,
+                    "method": v.manifest.get("method"),
+                    "languages": v.manifest.get("languages"),
+                }
+                for v, lam in weighted
+            ],
+        },
+        "forced": forced,
+        **{k: first.get(k) for k in ("tied", "embed", "head", "vocab_size")},
+        "provenance": provenance(),
+    }
+
+
 def combine(
     vectors: Sequence[VectorSpec],
     out: str | Path,
@@ -83,31 +111,7 @@ def combine(
             plan[name] = Entry(name, "lowrank", e0.shape, rank, 1.0, e0.aliases)
         else:
             plan[name] = Entry(name, "dense", e0.shape, aliases=e0.aliases)
-    first = weighted[0][0].manifest
-    langs = list(
-        dict.fromkeys(lang for v, _ in weighted for lang in v.manifest.get("languages", []))
-    )
-    manifest = {
-        "start": first["start"],
-        "method": "combine",
-        "languages": langs,
-        "source": {
-            "kind": "combine",
-            "inputs": [
-                {
-                    "path": v.label,
-                    "lambda": lam,
-                    "start": v.start,
-                    "method": v.manifest.get("method"),
-                    "languages": v.manifest.get("languages"),
-                }
-                for v, lam in weighted
-            ],
-        },
-        "forced": forced,
-        **{k: first.get(k) for k in ("tied", "embed", "head", "vocab_size")},
-        "provenance": provenance(),
-    }
+    manifest = _manifest(weighted, forced)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         with VectorWriter(tmp, [k for e in plan.values() for k in planned_keys(e)]) as w:
             for name, e in plan.items():

@@ -181,14 +181,9 @@ def _check_adapter_config(cfg: dict[str, Any], where: Path) -> None:
             raise LayraError(f"{where}: adapters with {what} are not supported")
 
 
-def _from_adapter(
-    adapter: Path, src: Source, out: Path, manifest: dict, dtype: torch.dtype = FP32
-) -> dict[str, Any]:
-    cfg_path, weights = adapter / "adapter_config.json", adapter / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise LayraError(f"{adapter} has no adapter_model.safetensors (layra never unpickles .bin)")
-    cfg = json.loads(cfg_path.read_text())
-    _check_adapter_config(cfg, adapter)
+def _adapter_tensors(adapter: Path, weights: Path):
+    """The adapter file's tensors: LoRA factors by module ({"A", "B"} -> tensor), the modules
+    whose LoRA is an embedding's, and fully trained tensors by HF parameter name."""
     stored, _ = read_header(weights)
     lora: dict[str, dict[str, TensorInfo]] = {}
     embedding_lora: set[str] = set()
@@ -204,6 +199,18 @@ def _from_adapter(
             raise LayraError(f"{adapter}: tensor {key} is not a LoRA factor layra understands")
         else:
             full[name] = t  # modules_to_save: trained values under the HF parameter name
+    return lora, embedding_lora, full
+
+
+def _from_adapter(
+    adapter: Path, src: Source, out: Path, manifest: dict, dtype: torch.dtype = FP32
+) -> dict[str, Any]:
+    cfg_path, weights = adapter / "adapter_config.json", adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise LayraError(f"{adapter} has no adapter_model.safetensors (layra never unpickles .bin)")
+    cfg = json.loads(cfg_path.read_text())
+    _check_adapter_config(cfg, adapter)
+    lora, embedding_lora, full = _adapter_tensors(adapter, weights)
     embed, head = f"{src.arch.embed_name}.weight", f"{src.arch.head_name}.weight"
     if src.arch.tied and head in full:
         # ensure_weight_tying saves the shared tensor under both names; keep one.

@@ -386,7 +386,6 @@ def planned_keys(
     return [(e.keys[0], dtype, (e.rank, e.shape[1])), (e.keys[1], dtype, (e.shape[0], e.rank))]
 
 
-
 # A delta with at most this fraction of rows changed is stored as those rows. Half: the
 # row-finding pass then costs at most half a pass more when the delta turns out dense.
 SPARSE_MAX_FRACTION = 0.5
