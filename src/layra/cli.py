@@ -57,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status (0 ok, 2 user error, 130 interrupted)."""
+    from layra.commands.lens import legacy_argv
+
     parser = build_parser()
+    argv = legacy_argv(list(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
     # KEY=VALUE overrides may come after options (`--merge train.lr=1e-4`); argparse
     # only collects positionals given in one run, so gather the stragglers here.
