@@ -71,7 +71,7 @@ ov = [f"model.name_or_path={model}", f"data.sources=[{{path: {train_txt}, lang: 
       f"train.max_steps={steps}", "train.log_every=1", f"output_dir={out}/run-{method}"]
 cfg = load_config(None, ov)
 torch.cuda.reset_peak_memory_stats()
-train_model(cfg, progress=False, keep_model=False)
+train_model(cfg, progress=False, merge_in_place=True)
 peak = torch.cuda.max_memory_allocated()
 log = [json.loads(l) for l in Path(out, f"run-{method}", "log.jsonl").read_text().splitlines()]
 skip = min(5, len(log) // 3)  # compile / allocator warm-up steps untimed

@@ -25,11 +25,12 @@ def main(path: str) -> None:
         # finishing the previous case would find it and refuse (prepare_run_dir).
         dist.barrier()
         cfg = load_config(None, case["overrides"])
+        stop = case.get("stop_after_step")
         train(
             cfg,
             resume=case.get("resume", False),
             progress=False,
-            stop_after_step=case.get("stop_after_step"),
+            should_stop=None if stop is None else (lambda done, stop=stop: done == stop),
         )
 
 

@@ -183,7 +183,8 @@ def test_each_treatment_trains_exactly_the_rows_it_says(
     )
     base = AutoModelForCausalLM.from_pretrained(mdir).eval()
     emb0, head0 = (t.clone() for t in _embed_head(base))
-    out, model = train_model(cfg, progress=False)
+    result = train_model(cfg, progress=False)
+    out, model = result.run_dir, result.model
     emb1, head1 = _embed_head(model)
     vocab = emb0.shape[0]
     run = json.loads((out / "run.json").read_text())
@@ -276,7 +277,7 @@ def test_rows_vector_touches_only_the_chosen_rows(model_dirs, corpus_dir, tmp_pa
             f"method.embedding_rows.reference=[{{path: {corpus_dir / 'en.txt'}, lang: eng}}]",
         ],
     )
-    out, _ = train_model(cfg, progress=False)
+    out = train_model(cfg, progress=False).run_dir
     rows = json.loads((out / "run.json").read_text())["plan"]["embedding_rows"]
     extract_run(out, tmp_path / "vec")
     vec = load_vector(tmp_path / "vec")
@@ -378,7 +379,8 @@ def test_no_embedding_decay_keeps_unseen_rows_bit_identical(model_dirs, corpus_d
                 *([] if wd is None else [f"method.embeddings_weight_decay={wd}"]),
             ],
         )
-        out, model = train_model(cfg, progress=False)
+        result = train_model(cfg, progress=False)
+        out, model = result.run_dir, result.model
         run = json.loads((out / "run.json").read_text())
         assert run["plan"]["embeddings_weight_decay"] == wd
         blocks = load_file(out / "data.safetensors")["blocks"]

@@ -11,6 +11,7 @@ from layra.evaluation.modelspec import ModelSpec, VectorRef, load_spec, parse_mo
 from layra.evaluation.run import run_bpb
 from layra.fingerprint import model_fingerprint
 from layra.models import load_model
+from layra.rundir import RunDir, RunRecord
 
 
 def test_parse_model_spec(tmp_path):
@@ -35,9 +36,9 @@ def _bpb(model, tok, text):
 
 def _run_dir(path, base, tok, method, **extra):
     path.mkdir()
-    meta = {"status": "complete", "method": method, "base_model": str(base), "gguf_file": None,
-            "base_fingerprint": extra.pop("fp", None), "languages": ["gl"], **extra}  # fmt: skip
-    (path / "run.json").write_text(json.dumps(meta))
+    record = RunRecord(method=method, base_model=str(base), base_fingerprint=extra.pop("fp", None),
+                       languages=["gl"], extra=extra)  # fmt: skip
+    RunDir(path).write_record(record)
     return path
 
 
@@ -100,7 +101,7 @@ def test_run_dir_with_trained_tensors_and_refusals(model_dirs, corpus_dir, tmp_p
 
 
 def test_model_plus_vector_equals_applied_model_on_disk(model_dirs, corpus_dir, tmp_path):
-    vectors = pytest.importorskip("layra.vectors.apply")
+    from layra.vectors import apply as vectors
     from layra.vectors.extract import diff_models
 
     base_dir = model_dirs["llama"]

@@ -76,7 +76,7 @@ def runs(model_dirs, corpus_dir, tmp_path_factory):
     for arch, method in CASES:
         name = f"{arch}-{method}"
         ov = _overrides(model_dirs[arch], corpus, root / "one" / name, method, 4, 1)
-        train_model(load_config(None, ov), progress=False, keep_model=False)
+        train_model(load_config(None, ov), progress=False, merge_in_place=True)
         cases.append({"overrides": _overrides(model_dirs[arch], corpus, root / name, method, 1, 2)})
     # Stopped after step 2 (a sharded checkpoint), then resumed: must end as the run above.
     resumed = _overrides(model_dirs["llama"], corpus, root / "resumed", "layra", 1, 2)

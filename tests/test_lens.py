@@ -273,3 +273,17 @@ def test_cli_suggest_errors_are_one_line(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("layra: error:") and message in err and err.count("\n") == 1
+
+
+def test_lens_profile_and_suggest_are_subcommands(model_dirs, tmp_path, capsys):
+    from layra.commands.lens import legacy_argv
+
+    assert legacy_argv(["lens", "m", "--out", "x"]) == ["lens", "profile", "m", "--out", "x"]
+    for argv in (["lens", "suggest", "p"], ["lens", "--help"], ["train", "m"]):
+        assert legacy_argv(argv) == argv
+    missing = str(tmp_path / "missing.txt")
+    argv = ["lens", "profile", str(model_dirs["llama"]), "--text", f"eng={missing}", "--out", "o"]
+    assert main(argv) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["lens"]) == 2
+    assert "profile" in capsys.readouterr().out

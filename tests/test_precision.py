@@ -118,7 +118,8 @@ def test_train_auto_follows_the_cpu_and_records_it(
         (mdir / f.name).write_bytes(f.read_bytes())
     cfg = run_cfg(mdir, corpus_dir / "gl.txt", tmp_path / "run", "lora",
                   ["train.precision=auto", "train.max_steps=2"])  # fmt: skip
-    out, trained = train_model(cfg, progress=False)
+    result = train_model(cfg, progress=False)
+    out, trained = result.run_dir, result.model
     want = "fp32" if kind == "avx2" else "bf16"
     run = json.loads((out / "run.json").read_text())
     prov = json.loads((out / "provenance.json").read_text())
@@ -138,9 +139,9 @@ def test_resumed_auto_run_keeps_its_precision(cpu_kind, model_dirs, corpus_dir, 
     cpu_kind("amx")
     cfg = run_cfg(model_dirs["llama"], corpus_dir / "gl.txt", tmp_path / "run", "lora",
                   ["train.precision=auto", "train.max_steps=4"])  # fmt: skip
-    train_model(cfg, progress=False, stop_after_step=2)
+    train_model(cfg, progress=False, should_stop=lambda done: done == 2)
     cpu_kind("avx2")  # the probe now says otherwise: the run must not switch mid-way
-    out, _ = train_model(cfg, resume=True, progress=False)
+    out = train_model(cfg, resume=True, progress=False).run_dir
     run = json.loads((out / "run.json").read_text())
     assert run["precision"]["name"] == "bf16" and "kept from the run" in run["precision"]["reason"]
 

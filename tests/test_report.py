@@ -131,6 +131,17 @@ def test_plots_are_valid_pngs(tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temporary files left
 
 
+def test_plot_functions_return_bytes_and_write_nothing(tmp_path, monkeypatch):
+    from layra.evaluation.plots import bars_png, tradeoff_png
+
+    bpb, xnli = build_tables(records(), "PT", parse_new(["glg"]))
+    monkeypatch.chdir(tmp_path)
+    png = tradeoff_png(bpb)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and bars_png(xnli)[:8] == png[:8]
+    assert list(tmp_path.iterdir()) == []
+    assert plot_tradeoff(bpb, tmp_path / "t.png").read_bytes() == png
+
+
 def test_cli_report(tmp_path, capsys):
     store = ResultStore(tmp_path / "results")
     for r in records():

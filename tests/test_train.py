@@ -89,7 +89,8 @@ def test_training_lowers_loss_keeps_ties_and_outputs_reload(
             "method.dropout=0.0",
         ],
     )
-    out, model = train_model(cfg, progress=False)
+    result = train_model(cfg, progress=False)
+    out, model = result.run_dir, result.model
     losses = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert len(losses) == 6 and losses[-1] < losses[0]
     run = json.loads((out / "run.json").read_text())
@@ -123,7 +124,7 @@ def test_untied_head_trains_as_its_own_tensor(model_dirs, corpus_dir, tmp_path):
         "layer-selective",
         ["train.max_steps=2"],
     )
-    out, model = train_model(cfg, progress=False)
+    out = train_model(cfg, progress=False).run_dir
     trained = load_file(out / "trained.safetensors")
     assert "lm_head.weight" in trained and "model.embed_tokens.weight" in trained
     assert not torch.equal(
@@ -136,11 +137,13 @@ def test_untied_head_trains_as_its_own_tensor(model_dirs, corpus_dir, tmp_path):
 def test_resume_gives_the_same_weights(method, model_dirs, corpus_dir, tmp_path):
     extra = ["train.max_steps=6", "train.save_every=2", "train.grad_accum=2", "train.batch_size=1"]
     a = run_cfg(model_dirs["llama"], corpus_dir / "gl.txt", tmp_path / "a", method, extra)
-    _, ma = train_model(a, progress=False)
+    ma = train_model(a, progress=False).model
     b = run_cfg(model_dirs["llama"], corpus_dir / "gl.txt", tmp_path / "b", method, extra)
-    train_model(b, progress=False, stop_after_step=3)  # "killed" after step 3's checkpoint
+    train_model(
+        b, progress=False, should_stop=lambda done: done == 3
+    )  # "killed" after step 3's checkpoint
     assert not (tmp_path / "b" / "run.json").exists()
-    _, mb = train_model(b, resume=True, progress=False)
+    mb = train_model(b, resume=True, progress=False).model
     sa = {n: p for n, p in ma.named_parameters() if p.requires_grad}
     sb = {n: p for n, p in mb.named_parameters() if p.requires_grad}
     assert sa.keys() == sb.keys()
@@ -222,7 +225,7 @@ def test_tensorboard_tracker_logs_when_asked(model_dirs, corpus_dir, tmp_path):
     pytest.importorskip("tensorboard")
     cfg = run_cfg(model_dirs["llama"], corpus_dir / "gl.txt", tmp_path / "run", "lora",
                   ["train.max_steps=2", "train.trackers=tensorboard"])  # fmt: skip
-    out, _ = train_model(cfg, progress=False)
+    out = train_model(cfg, progress=False).run_dir
     assert list(out.rglob("events.out.tfevents.*"))
 
 
@@ -239,7 +242,8 @@ def test_bf16_checkpoint_keeps_frozen_weights_bf16_and_trains_fp32_copies(corpus
     tok.save_pretrained(mdir)
     cfg = run_cfg(mdir, corpus_dir / "gl.txt", tmp_path / "run", "layra",
                   ["train.precision=bf16", "train.max_steps=3", "merge=true"])  # fmt: skip
-    out, model = train_model(cfg, progress=False)
+    result = train_model(cfg, progress=False)
+    out, model = result.run_dir, result.model
     dtypes = {n: p.dtype for n, p in model.named_parameters()}
     assert all(
         d == torch.float32 for n, d in dtypes.items() if "lora_" in n or "modules_to_save" in n

@@ -10,7 +10,6 @@ vector must reproduce.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from safetensors.torch import save_file
 from layra.arch import describe, unique_named_parameters
 from layra.fingerprint import model_fingerprint
 from layra.models import load_model
+from layra.rundir import RunDir, RunRecord
 
 IDS = torch.tensor([[1, 5, 17, 42, 99, 150, 7, 2], [1, 200, 33, 8, 250, 64, 11, 3]])
 
@@ -29,17 +29,15 @@ def logits(model: torch.nn.Module) -> torch.Tensor:
 
 
 def _run_json(run: Path, base_dir: Path, fp: dict, method: str, tied: bool, lang: str) -> None:
-    info = {
-        "status": "complete",
-        "method": method,
-        "base_model": str(base_dir),
-        "gguf_file": None,
-        "base_fingerprint": fp,
-        "languages": [lang],
-        "steps": 1,
-        "tied": tied,
-    }
-    (run / "run.json").write_text(json.dumps(info))
+    record = RunRecord(
+        method=method,
+        base_model=str(base_dir),
+        base_fingerprint=fp,
+        languages=[lang],
+        steps=1,
+        tied=tied,
+    )
+    RunDir(run).write_record(record)
 
 
 def make_adapter_run(
@@ -73,7 +71,7 @@ def make_adapter_run(
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
     run.mkdir(parents=True)
-    pm.save_pretrained(run / "adapter")
+    pm.save_pretrained(RunDir(run).adapter)
     _run_json(run, base_dir, fp, method, arch.tied, lang)
     merged = pm.merge_and_unload().eval()
     return run, merged
@@ -98,7 +96,7 @@ def make_full_run(run: Path, base_dir: Path, method: str = "full", seed: int = 0
         for p in chosen.values():
             p.add_(0.05 * torch.randn_like(p))
     run.mkdir(parents=True)
-    save_file({n: p.detach().contiguous() for n, p in chosen.items()}, run / "trained.safetensors")
+    save_file({n: p.detach().contiguous() for n, p in chosen.items()}, RunDir(run).trained)
     _run_json(run, base_dir, fp, method, arch.tied, lang)
     return run, model.eval()
 

@@ -196,3 +196,13 @@ def test_in_memory_route_and_show(model_dirs, tmp_path, capsys):
     ours, theirs = tensors(tmp_path / "streamed"), tensors(tmp_path / "live")
     for n, t in ours.items():
         torch.testing.assert_close(t, theirs[n], atol=1e-6, rtol=1e-6)
+
+
+def test_row_blocks_cover_every_row_once_within_the_budget():
+    from layra.vectors.arithmetic import row_blocks
+
+    for rows, row_elems, budget in [(10, 3, 4 * 3 * 4), (7, 1000, 1), (1, 5, 1 << 20), (0, 5, 64)]:
+        blocks = list(row_blocks(rows, row_elems, budget))
+        assert [i for a, b in blocks for i in range(a, b)] == list(range(rows))
+        assert all(b - a == 1 or (b - a) * 4 * row_elems <= budget for a, b in blocks)
+    assert list(row_blocks(10, 3, 4 * 3 * 4)) == [(0, 4), (4, 8), (8, 10)]

@@ -24,7 +24,7 @@ def test_vector_of_a_real_run_gives_its_merged_model(
         method,
         ["train.lr=3e-3", "train.warmup=0", "train.max_steps=2", "merge=true"],
     )
-    run, _ = train_model(cfg, progress=False)
+    run = train_model(cfg, progress=False).run_dir
     m = extract_run(run, tmp_path / "vec")
     assert m["method"] == method and m["languages"] == ["glg"]
     apply_to_dir(base, [(tmp_path / "vec", 1.0)], tmp_path / "out", protect_rows="none")

@@ -155,6 +155,6 @@ def unique_named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """Parameters once each: a tied embedding/head appears under its first name only.
 
     Looping over ``state_dict()`` instead visits a tied tensor twice — adding a
-    delta that way doubles it (see SPEC pitfalls).
+    delta that way doubles it.
     """
     return list(model.named_parameters(remove_duplicate=True))

@@ -51,19 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"layra {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"layra.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"layra.commands.{name}":
-                continue  # command not built yet
-            raise
-        mod.register(sub)
+        importlib.import_module(f"layra.commands.{name}").register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status (0 ok, 2 user error, 130 interrupted)."""
+    from layra.commands.lens import legacy_argv
+
     parser = build_parser()
+    argv = legacy_argv(list(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
     # KEY=VALUE overrides may come after options (`--merge train.lr=1e-4`); argparse
     # only collects positionals given in one run, so gather the stragglers here.

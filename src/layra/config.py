@@ -17,9 +17,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from layra.errors import LayraError
-
-METHODS = ("full", "layer-selective", "lora", "layra")
-LORA_METHODS = ("lora", "layra")
+from layra.method_registry import METHOD_SPECS, METHODS, method_spec
 
 
 @dataclass
@@ -59,7 +57,7 @@ class RowsConfig:
 
 @dataclass
 class MethodConfig:
-    name: Literal["full", "layer-selective", "lora", "layra"] = "layra"
+    name: Literal[METHODS] = "layra"  # layra.method_registry
     # First k and last m decoder layers: an int is a count, a float in (0, 1) a
     # fraction of depth (rounded, at least 1), "auto" asks the logit lens
     # (method.lens_profile). None means the method's default (layer-selective
@@ -298,10 +296,16 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def validate(cfg: RunConfig) -> None:
     """Checks that need no model: everything that can fail before a model loads."""
-    m, t, d = cfg.method, cfg.train, cfg.data
     if not cfg.model.name_or_path:
         raise LayraError("model.name_or_path is required (a model directory, hub id or .gguf file)")
-    if m.name in LORA_METHODS:
+    _validate_method(cfg.method)
+    _validate_train(cfg.train)
+    _validate_data(cfg.data)
+
+
+def _validate_method(m: MethodConfig) -> None:
+    spec = method_spec(m.name)
+    if spec.lora:
         if m.r <= 0:
             raise LayraError(f"method.r must be a positive integer, got {m.r}")
         if m.alpha <= 0:
@@ -325,11 +329,14 @@ def validate(cfg: RunConfig) -> None:
             raise LayraError(f"method.{name}: a fraction of depth must be in (0, 1), got {v}")
         elif v < 0:
             raise LayraError(f"method.{name} must not be negative, got {v}")
-    if m.name in ("full", "lora") and (m.k is not None or m.m is not None):
+    if not spec.selects_layers and (m.k is not None or m.m is not None):
         raise LayraError(
             f"method.k / method.m do not apply to method {m.name} (it trains every layer)"
         )
     _validate_embeddings(m)
+
+
+def _validate_train(t: TrainConfig) -> None:
     if t.lr <= 0:
         raise LayraError(f"train.lr must be positive, got {t.lr}")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
@@ -361,6 +368,9 @@ def validate(cfg: RunConfig) -> None:
         )
     if t.log_every < 1:
         raise LayraError(f"train.log_every must be at least 1 (steps), got {t.log_every}")
+
+
+def _validate_data(d: DataConfig) -> None:
     if not d.sources:
         raise LayraError("data.sources is empty: give at least one {path, lang}")
     for i, s in enumerate(d.sources):
@@ -385,20 +395,21 @@ def validate(cfg: RunConfig) -> None:
 def embedding_treatment(m: MethodConfig) -> str:
     """How ``m`` trains the embeddings and LM head: full, frozen, lowlr or rows.
 
-    ``full`` for method full (every parameter trains), ``frozen`` for lora.
+    Fixed by methods that decide it (full: every parameter trains; lora: frozen).
     """
-    if m.name == "full":
-        return "full"
-    if m.name == "lora":
-        return "frozen"
+    fixed = method_spec(m.name).fixed_embeddings
+    if fixed is not None:
+        return fixed
     return m.embeddings or ("full" if m.train_embeddings else "frozen")
 
 
 def _validate_embeddings(m: MethodConfig) -> None:
-    if m.embeddings is not None and m.name in ("full", "lora"):
+    fixed = method_spec(m.name).fixed_embeddings
+    if m.embeddings is not None and fixed is not None:
+        chooses = [s.name for s in METHOD_SPECS.values() if s.fixed_embeddings is None]
         raise LayraError(
-            f"method.embeddings applies to layer-selective and layra, not to method {m.name} "
-            f"({'it trains every parameter' if m.name == 'full' else 'it trains no embeddings'})"
+            f"method.embeddings applies to {' and '.join(chooses)}, not to method {m.name} "
+            f"({'it trains every parameter' if fixed == 'full' else 'it trains no embeddings'})"
         )
     if not m.train_embeddings and m.embeddings not in (None, "frozen"):
         raise LayraError(

@@ -273,6 +273,35 @@ def language_budgets(cfg: DataConfig) -> dict[str, int | None]:
     return {lang: int(total * w / wsum) for lang, w in weights.items()}
 
 
+def _stats(cfg: DataConfig, streams, data: torch.Tensor, block_lang: list[str], seed: int):
+    """``data_stats.json``: per language tokens, documents and blocks, and the rules used."""
+    return {
+        "languages": {
+            lang: {
+                "train_tokens": (len(s.tokens) // cfg.seq_len) * cfg.seq_len,
+                "train_documents": s.documents,
+                "heldout_documents": len(s.heldout),
+                "heldout_near_duplicates": s.heldout_near_duplicates,
+                "blocks": block_lang.count(lang),
+            }
+            for lang, s in streams.items()
+        },
+        "sample": {
+            "seed": seed,
+            "rule": "each language's training documents in a seeded random order (local files "
+            f"shuffled whole; hub datasets by datasets' streaming shuffle, buffer "
+            f"{SHUFFLE_BUFFER}); budgets and equal/concat cuts take the leading documents",
+        },
+        "heldout_rule": f"sha256 of the case/punctuation/space-normalised text < "
+        f"{cfg.heldout_fraction}; held-out documents with word-{NGRAM}-gram Jaccard >= "
+        f"{THRESHOLD} to a tokenized training document dropped",
+        "blocks": len(data),
+        "seq_len": cfg.seq_len,
+        "tokens": int(data.numel()),
+        "sha256": hashlib.sha256(data.numpy().tobytes()).hexdigest(),
+    }
+
+
 def build_dataset(cfg: DataConfig, tokenizer, seed: int = 0, progress: bool = False) -> PackedData:
     """Read, hold out, tokenize, budget, pack and shuffle every source (see module doc)."""
     langs = list(dict.fromkeys(s.lang for s in cfg.sources))
@@ -313,31 +342,7 @@ def build_dataset(cfg: DataConfig, tokenizer, seed: int = 0, progress: bool = Fa
         perm = torch.randperm(len(data), generator=g)
         data = data[perm]
         block_lang = [block_lang[i] for i in perm.tolist()]
-    stats = {
-        "languages": {
-            lang: {
-                "train_tokens": (len(s.tokens) // cfg.seq_len) * cfg.seq_len,
-                "train_documents": s.documents,
-                "heldout_documents": len(s.heldout),
-                "heldout_near_duplicates": s.heldout_near_duplicates,
-                "blocks": block_lang.count(lang),
-            }
-            for lang, s in streams.items()
-        },
-        "sample": {
-            "seed": seed,
-            "rule": "each language's training documents in a seeded random order (local files "
-            f"shuffled whole; hub datasets by datasets' streaming shuffle, buffer "
-            f"{SHUFFLE_BUFFER}); budgets and equal/concat cuts take the leading documents",
-        },
-        "heldout_rule": f"sha256 of the case/punctuation/space-normalised text < "
-        f"{cfg.heldout_fraction}; held-out documents with word-{NGRAM}-gram Jaccard >= "
-        f"{THRESHOLD} to a tokenized training document dropped",
-        "blocks": len(data),
-        "seq_len": cfg.seq_len,
-        "tokens": int(data.numel()),
-        "sha256": hashlib.sha256(data.numpy().tobytes()).hexdigest(),
-    }
+    stats = _stats(cfg, streams, data, block_lang, seed)
     return PackedData(data, block_lang, {k: s.heldout for k, s in streams.items()}, stats)
 
 
@@ -353,38 +358,43 @@ def save_packed(packed: PackedData, directory: Path) -> None:
     from safetensors.torch import save_file
 
     from layra.atomic import atomic_write_json, atomic_write_text, temp_prefix
+    from layra.rundir import RunDir
 
+    rd = RunDir(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for lang, docs in packed.heldout.items():
         # JSONL: a document with blank lines inside (a JSONL row) stays one document.
-        atomic_write_text(directory / "heldout" / f"{lang}.jsonl", documents_jsonl(docs))
-    atomic_write_json(directory / "data_stats.json", packed.stats)
-    tmp = directory / temp_prefix("data.safetensors").rstrip("-")
+        atomic_write_text(rd.heldout_file(lang), documents_jsonl(docs))
+    atomic_write_json(rd.data_stats, packed.stats)
+    tmp = directory / temp_prefix(rd.data.name).rstrip("-")
     save_file(
         {"blocks": packed.blocks.contiguous()},
         str(tmp),
         metadata={"block_lang": json.dumps(packed.block_lang)},
     )
-    os.replace(tmp, directory / "data.safetensors")
+    os.replace(tmp, rd.data)
 
 
 def load_packed(directory: Path) -> PackedData:
     """Read what :func:`save_packed` wrote; a damaged file is a one-line error."""
     from safetensors import SafetensorError, safe_open
 
+    from layra.rundir import RunDir
+
+    rd = RunDir(directory)
     try:
-        with safe_open(str(directory / "data.safetensors"), framework="pt") as f:
+        with safe_open(str(rd.data), framework="pt") as f:
             blocks = f.get_tensor("blocks")
             block_lang = json.loads(f.metadata()["block_lang"])
         heldout = {}
         # .txt: a run saved before held-out text was JSONL
-        for p in sorted((directory / "heldout").glob("*.*"), key=lambda p: p.suffix != ".jsonl"):
+        for p in sorted(rd.heldout.glob("*.*"), key=lambda p: p.suffix != ".jsonl"):
             if p.suffix in (".jsonl", ".txt"):
                 heldout.setdefault(p.stem, read_documents(p))
-        stats = json.loads((directory / "data_stats.json").read_text())
+        stats = json.loads(rd.data_stats.read_text())
     except (OSError, SafetensorError, KeyError, TypeError, ValueError) as e:
         raise LayraError(
             f"packed data in {directory} is damaged ({str(e).splitlines()[0] if str(e) else e!r}); "
-            f"delete {directory / 'data.safetensors'} to pack it again"
+            f"delete {rd.data} to pack it again"
         ) from e
     return PackedData(blocks, block_lang, heldout, stats)

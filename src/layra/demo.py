@@ -30,6 +30,8 @@ from pathlib import Path
 from layra.atomic import atomic_write_text
 from layra.config import DataConfig, MethodConfig, ModelConfig, RunConfig, SourceConfig, TrainConfig
 from layra.errors import LayraError
+from layra.method_registry import method_spec
+from layra.rundir import RunDir
 
 MODEL_CACHE = Path("~/.cache/layra/gemma3-270m")
 TRAIN_SOURCE = "libreoffice"
@@ -118,7 +120,9 @@ def run_config(
     tokens: int | None = None, precision: str | None = None, out: Path | None = None,
 ) -> RunConfig:  # fmt: skip
     seed = s.seed if seed is None else seed
-    km = {"k": s.layra_km[0], "m": s.layra_km[1]} if method == "layra" else {}
+    spec = method_spec(method)
+    # layra_km is the k, m of the LoRA method that selects layers (layer-selective: paper's).
+    km = {"k": s.layra_km[0], "m": s.layra_km[1]} if spec.lora and spec.selects_layers else {}
     return RunConfig(
         model=ModelConfig(name_or_path=model),
         method=MethodConfig(name=method, **km),
@@ -237,7 +241,7 @@ def _calibrate(s: DemoSettings, model: str, corpus: Path, precision: str) -> tup
     """
     from layra.train import train
 
-    method = "full" if "full" in s.methods else s.methods[0]
+    method = next((m for m in s.methods if method_spec(m).trains_everything), s.methods[0])
     out = s.workdir / ".calibrate"
     cfg = run_config(s, model, corpus, method, precision=precision, out=out)
     cfg.train.max_steps, cfg.train.save_every, cfg.train.trackers = 1, 0, "none"
@@ -245,7 +249,7 @@ def _calibrate(s: DemoSettings, model: str, corpus: Path, precision: str) -> tup
     t = time.perf_counter()
     train(cfg, overwrite=True, progress=False)
     wall = time.perf_counter() - t
-    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if x.strip()]
+    log = RunDir(out).read_log()
     step_s = log[-1]["elapsed_s"]
     overhead = max(0.0, wall - step_s)
     shutil.rmtree(out, ignore_errors=True)
@@ -299,6 +303,24 @@ class _Clock:
         return f"{what}  [{el / 60:.1f} min{left}]"
 
 
+def _train_runs(s: DemoSettings, runs, model: str, corpus: Path, budget: Budget, precision: str,
+                clock) -> None:  # fmt: skip
+    """Train each (method, seed) run not finished before; time each."""
+    from layra.train import train
+
+    for i, (method, seed) in enumerate(runs, 1):
+        cfg = run_config(s, model, corpus, method, seed, budget.tokens, precision)
+        out = Path(cfg.output_dir)
+        label = f"{method}, seed {seed}" if s.seeds > 1 else method
+        if RunDir(out).is_complete():
+            _say(f"[3/5] train {label} ({i}/{len(runs)}): done before, reusing {out}")
+            continue
+        _say(clock.line(f"[3/5] train {label} ({i}/{len(runs)})"))
+        t = time.perf_counter()
+        train(cfg, resume=out.exists(), progress=s.progress)
+        s.timings[f"train_{method}_seed{seed}_s"] = time.perf_counter() - t
+
+
 def run_demo(s: DemoSettings) -> dict:
     """Run every stage; return paths of the table and plots and the measured timings."""
     from layra.evaluation.plots import plot_bars, plot_tradeoff
@@ -306,7 +328,6 @@ def run_demo(s: DemoSettings) -> dict:
     from layra.evaluation.run import run_bpb
     from layra.evaluation.store import load_records
     from layra.precision import announce, resolve_precision
-    from layra.train import train
 
     check_settings(s)
     t_all = time.perf_counter()
@@ -323,25 +344,14 @@ def run_demo(s: DemoSettings) -> dict:
     texts = eval_texts(corpus)
 
     runs = [(m, seed) for m in s.methods for seed in seeds(s)]
-    todo = [r for r in runs if not (run_dir(s, *r) / "run.json").exists()]
+    todo = [r for r in runs if not RunDir(run_dir(s, *r)).is_complete()]
     t = time.perf_counter()
     budget = plan_budget(s, model, corpus, prec.name, len(texts), len(todo))
     s.timings["calibrate_s"] = time.perf_counter() - t
     _say(_budget_line(budget))
     clock = _Clock(budget.predicted_s)
 
-    for i, (method, seed) in enumerate(runs, 1):
-        cfg = run_config(s, model, corpus, method, seed, budget.tokens, prec.name)
-        out = Path(cfg.output_dir)
-        label = f"{method}, seed {seed}" if s.seeds > 1 else method
-        if (out / "run.json").exists():
-            _say(f"[3/5] train {label} ({i}/{len(runs)}): done before, reusing {out}")
-            continue
-        _say(clock.line(f"[3/5] train {label} ({i}/{len(runs)})"))
-        t = time.perf_counter()
-        train(cfg, resume=out.exists(), progress=s.progress)
-        s.timings[f"train_{method}_seed{seed}_s"] = time.perf_counter() - t
-
+    _train_runs(s, runs, model, corpus, budget, prec.name, clock)
     store = s.workdir / "results"
     t = time.perf_counter()
     models = [("PT", model, None)] + [(m, str(run_dir(s, m, seed)), seed) for m, seed in runs]

@@ -188,3 +188,21 @@ def markdown_table(report: Mapping) -> str:
             f"| {v['tokens_per_word']:.2f}× | {v['chars_per_token']:.2f}× | {flag} |"
         )
     return "\n".join(rows) + "\n"
+
+
+def diagnosis_record(model: str, report: Mapping, texts: Mapping[str, tuple[str, str]]) -> dict:
+    """The JSON ``layra diagnose tokenizer --out`` writes: ``report`` with the model, each
+    text's path and hash (``texts``: language -> (path, text)) and provenance."""
+    from layra.lens import text_sha256
+    from layra.provenance import provenance
+
+    return {
+        "format": "layra-tokenizer-diagnosis",
+        "version": 1,
+        "model": model,
+        **report,
+        "texts": {
+            lang: {"path": str(p), "sha256": text_sha256(text)} for lang, (p, text) in texts.items()
+        },
+        "provenance": provenance(),
+    }

@@ -114,6 +114,35 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _mass_sums(hf, ids: list[int], sets, window: int, bos_special, chunk: int):
+    """Per layer, the summed next-token mass on each id set over the non-special positions
+    of ``ids`` (run in windows): a float64 ``(layers + 1, len(sets))`` tensor, and the count."""
+    bos, special = bos_special
+    device = next(hf.parameters()).device
+    sums = torch.zeros(describe(hf).num_layers + 1, len(sets), dtype=torch.float64)
+    count = 0
+    for win in _windows(ids, window, bos):
+        keep = torch.tensor([t not in special for t in win], device=device)
+        if not keep.any():
+            continue
+        states = residual_states(hf, torch.tensor([win], device=device))
+        for layer, h in enumerate(states):
+            m = set_masses(hf, h[0][keep], sets, chunk=chunk)
+            sums[layer] += m.sum(0).double().cpu()
+        count += int(keep.sum())
+    return sums, count
+
+
+def _check_lens_args(texts, token_map: TokenMap, english: str, max_tokens: int, window: int):
+    require(
+        english in texts,
+        f"the lens needs English text too (--text {english}=PATH): "
+        "it defines which tokens are English",
+    )
+    require(english in token_map.ids, f"the token map has no language {english!r}")
+    require(max_tokens >= 2 and window >= 2, "max_tokens and window must be at least 2")
+
+
 def lens_profile(
     model: nn.Module,
     tokenizer,
@@ -134,38 +163,20 @@ def lens_profile(
     Also records the model fingerprint, text hashes and the token map's rule. Puts the
     model in eval mode (dropout off).
     """
-    require(
-        english in texts,
-        f"the lens needs English text too (--text {english}=PATH): "
-        "it defines which tokens are English",
-    )
-    require(english in token_map.ids, f"the token map has no language {english!r}")
-    require(max_tokens >= 2 and window >= 2, "max_tokens and window must be at least 2")
+    _check_lens_args(texts, token_map, english, max_tokens, window)
     hf = unwrap(model)
     hf.eval()
     n_layers = describe(hf).num_layers
     device = next(hf.parameters()).device
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    bos = getattr(tokenizer, "bos_token_id", None)
+    skip = (getattr(tokenizer, "bos_token_id", None), special)
     eng_ids = torch.tensor(token_map.ids[english], dtype=torch.long, device=device)
-    own_mass: dict[str, list[float]] = {}
-    english_mass: dict[str, list[float]] = {}
-    text_info: dict[str, dict] = {}
+    own_mass, english_mass, text_info = {}, {}, {}  # per language
     for lang, text in texts.items():
         require(lang in token_map.ids, f"the token map has no language {lang!r}")
         ids = tokenizer(text)["input_ids"][:max_tokens]
         own_ids = torch.tensor(token_map.ids[lang], dtype=torch.long, device=device)
-        sums = torch.zeros(n_layers + 1, 2, dtype=torch.float64)
-        count = 0
-        for win in _windows(ids, window, bos):
-            keep = torch.tensor([t not in special for t in win], device=device)
-            if not keep.any():
-                continue
-            states = residual_states(hf, torch.tensor([win], device=device))
-            for layer, h in enumerate(states):
-                m = set_masses(hf, h[0][keep], [own_ids, eng_ids], chunk=chunk)
-                sums[layer] += m.sum(0).double().cpu()
-            count += int(keep.sum())
+        sums, count = _mass_sums(hf, ids, [own_ids, eng_ids], window, skip, chunk)
         require(count > 0, f"the text for {lang} has no non-special tokens")
         means = (sums / count).tolist()
         own_mass[lang] = [round(r[0], 6) for r in means]
@@ -209,6 +220,25 @@ def load_profile(path: str | Path) -> dict:
     return profile
 
 
+def _relative_curves(own, langs, n: int, min_final_mass: float):
+    """``s_L(l)`` per usable language (see :func:`suggest_km`), and why others were skipped."""
+    curves: dict[str, list[float]] = {}
+    notes: list[str] = []
+    for lang in langs:
+        require(lang in own, f"language {lang!r} is not in the profile ({', '.join(own)})")
+        values = own[lang]
+        require(
+            len(values) == n + 1, f"profile for {lang} has {len(values)} layers, expected {n + 1}"
+        )
+        if values[n] < min_final_mass:
+            notes.append(
+                f"{lang} skipped: output own-language mass {values[n]:.4f} < {min_final_mass}"
+            )
+            continue
+        curves[lang] = [v / values[n] for v in values]
+    return curves, notes
+
+
 def suggest_km(
     profile: Mapping | str | Path,
     languages: Sequence[str] | None = None,
@@ -244,20 +274,7 @@ def suggest_km(
         raise LayraError(f"lens profile lacks {e}") from e
     langs = list(languages) if languages else [lang for lang in own if lang != english]
     require(langs, "the profile has no language other than English to suggest k and m from")
-    curves: dict[str, list[float]] = {}
-    notes: list[str] = []
-    for lang in langs:
-        require(lang in own, f"language {lang!r} is not in the profile ({', '.join(own)})")
-        values = own[lang]
-        require(
-            len(values) == n + 1, f"profile for {lang} has {len(values)} layers, expected {n + 1}"
-        )
-        if values[n] < min_final_mass:
-            notes.append(
-                f"{lang} skipped: output own-language mass {values[n]:.4f} < {min_final_mass}"
-            )
-            continue
-        curves[lang] = [v / values[n] for v in values]
+    curves, notes = _relative_curves(own, langs, n, min_final_mass)
     require(curves, "no usable language in the profile: " + "; ".join(notes))
     s = [sum(c[i] for c in curves.values()) / len(curves) for i in range(n + 1)]
     curve_text = " ".join(f"{i}:{v:.2f}" for i, v in enumerate(s))

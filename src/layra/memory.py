@@ -20,10 +20,11 @@ from typing import Any
 
 import torch
 
+from layra.method_registry import METHOD_SPECS, METHODS, method_spec
+
 GiB = 2**30
 ROOT = Path(__file__).resolve().parents[2]  # the repository (configs/), in a source checkout
 LAUNCHERS = ("single", "ddp", "fsdp", "zero2", "zero3")
-METHODS = ("full", "layer-selective", "lora", "layra")
 
 
 @dataclass(frozen=True)
@@ -83,16 +84,17 @@ class ParamCount:
 
 def count_params(shape: ModelShape, method: str, k: int = 10, m: int = 2, r: int = 8) -> ParamCount:
     """Stored and trainable parameters under a method (k, m: first/last layers; r: LoRA rank)."""
-    if method not in METHODS:
+    if method not in METHOD_SPECS:
         raise ValueError(f"method {method!r}: one of {', '.join(METHODS)}")
+    spec = METHOD_SPECS[method]
     emb_head = shape.embed_params + shape.head_params
     matmul = shape.layers * (shape.layer_params - 2 * shape.hidden) + shape.vocab * shape.hidden
     lora_per_layer = r * sum(a + b for a, b in shape.linear_shapes())
-    if method == "full":
+    if spec.trains_everything:
         return ParamCount(shape.params, shape.params, matmul)
-    if method == "layer-selective":
+    if not spec.lora:
         return ParamCount(shape.params, (k + m) * shape.layer_params + emb_head, matmul)
-    if method == "lora":
+    if not spec.selects_layers:
         lora = shape.layers * lora_per_layer
         return ParamCount(shape.params + lora, lora, matmul)
     # layra: LoRA on k + m layers; embeddings and head trained as PEFT copies of the originals.
@@ -171,7 +173,7 @@ def _read_config(cfg):
 
 def load_dtype_for(method: str, precision: str, stored: Any) -> str:
     """``layra.train.frozen_dtype`` from the config's stored dtype (a test keeps them equal)."""
-    if precision != "bf16" or method == "full":
+    if precision != "bf16" or method_spec(method).trains_everything:
         return "float32"
     return "bfloat16" if str(stored).replace("torch.", "") == "bfloat16" else "float32"
 
@@ -337,28 +339,28 @@ def _activation_terms(inv: Inventory, p: MemoryPlan, head_trains: bool) -> list[
             )
         )
     if inv.precision == "bf16":
-        fp32_trained = sum(
-            t.numel for t in inv.tensors if t.matmul and t.trainable and t.dtype == "fp32"
-        )
-        frozen32 = [t for t in inv.tensors if t.matmul and not t.trainable and t.dtype == "fp32"]
-        frozen = sum(t.numel for t in frozen32)
-        if p.checkpointing:
-            frozen = max(
-                (sum(t.numel for t in frozen32 if t.layer == j) for j in range(s.layers)), default=0
-            )
-        copies = 2 * (fp32_trained + frozen)
-        if copies:
-            out.append(
-                Term(
-                    "autocast copies",
-                    copies,
-                    "bf16",
-                    "bf16 casts of fp32 matmul weights (trained: cached all forward; "
-                    "frozen: saved for backward" + (", one layer's)" if p.checkpointing else ")"),
-                    False,
-                )
-            )
+        out += _autocast_copies(inv, p.checkpointing)
     return out
+
+
+def _autocast_copies(inv: Inventory, checkpointing: bool) -> list[Term]:
+    """bf16 autocast's casts of fp32 matmul weights: a term, or none when there are none."""
+    fp32_trained = sum(
+        t.numel for t in inv.tensors if t.matmul and t.trainable and t.dtype == "fp32"
+    )
+    frozen32 = [t for t in inv.tensors if t.matmul and not t.trainable and t.dtype == "fp32"]
+    frozen = sum(t.numel for t in frozen32)
+    if checkpointing:
+        frozen = max(
+            (sum(t.numel for t in frozen32 if t.layer == j) for j in range(inv.shape.layers)),
+            default=0,
+        )
+    copies = 2 * (fp32_trained + frozen)
+    if not copies:
+        return []
+    why = "bf16 casts of fp32 matmul weights (trained: cached all forward; frozen: saved for "
+    why += "backward" + (", one layer's)" if checkpointing else ")")
+    return [Term("autocast copies", copies, "bf16", why, False)]
 
 
 _SHORT_BYTES = {2: "bf16", 4: "fp32"}
@@ -402,75 +404,75 @@ def plan_memory(
     if launcher == "single" and gpus != 1:
         raise ValueError("launcher single runs on one device (gpus 1)")
     p = MemoryPlan(inv, launcher, gpus, micro_batch, seq_len, checkpointing, loss_chunk)
-    ts = inv.tensors
-    trained = [t for t in ts if t.trainable]
-    frozen = [t for t in ts if not t.trainable]
-    T = sum(t.numel for t in trained)
-    N = inv.count()
-    held = sum(t.nbytes for t in ts)
-    n = gpus if launcher in ("fsdp", "zero2", "zero3") else 1
-    dtypes = ", ".join(f"{_mix(g)} {k}" for g, k in ((frozen, "frozen"), (trained, "trained")) if g)
     # The head trains when a root-unit tensor of its size does (tied: the shared tensor).
     big = inv.shape.vocab * inv.shape.hidden
-    head_trains = any(t.trainable and t.layer is None and t.numel == big for t in ts)
+    head_trains = any(t.trainable and t.layer is None and t.numel == big for t in inv.tensors)
     if launcher in ("single", "ddp", "fsdp"):
-        shard = f" / {n} (sharded per parameter)" if launcher == "fsdp" else ""
-        p.terms.append(Term("weights", held / n, dtypes, f"sum(numel x dtype size){shard}", True))
-        if launcher == "fsdp":
-            root = sum(t.nbytes for t in ts if t.layer is None)
-            layer = max(sum(t.nbytes for t in ts if t.layer == j) for j in range(inv.shape.layers))
-            p.terms.append(
-                Term(
-                    "gathered weights",
-                    root + 2 * layer,
-                    _mix(ts),
-                    "root unit (embeddings, norm, head) + 2 layers, unsharded during compute",
-                    False,
-                )
-            )
-        grads = (8 if launcher == "ddp" and gpus > 1 else 4) * T / n
-        gf = "trained x 4 B" + (" x 2 (DDP buckets)" if launcher == "ddp" and gpus > 1 else "")
-        p.terms.append(Term("gradients", grads, "fp32", gf + (f" / {n}" if n > 1 else ""), True))
-        p.terms.append(
-            Term(
-                "optimizer moments",
-                8 * T / n,
-                "fp32",
-                "trained x 2 x 4 B" + (f" / {n}" if n > 1 else ""),
-                True,
-            )
-        )
-        p.terms.append(
-            Term("master copies", 0, "-", "none: trained tensors are fp32 themselves", True)
-        )
+        p.terms += _torch_state_terms(inv, launcher, gpus)
     else:
-        if launcher == "zero2":
-            p.terms.append(Term("weights", 2 * N, "bf16", "all parameters x 2 B", True))
-        else:
-            p.terms.append(Term("weights", 2 * N / n, "bf16", f"all parameters x 2 B / {n}", True))
-            p.terms.append(
-                Term(
-                    "gathered weights", 2 * min(1e9, N), "bf16", "up to 1e9 parameters x 2 B", False
-                )
-            )
-        p.terms.append(
-            Term(
-                "gradients",
-                4 * T / n + 8e8,
-                "fp32+bf16",
-                f"trained x 4 B / {n} + 2x2e8 bf16 buckets",
-                True,
-            )
-        )
-        p.terms.append(
-            Term("optimizer moments", 8 * T / n, "fp32", f"trained x 2 x 4 B / {n}", True)
-        )
-        p.terms.append(Term("master copies", 4 * T / n, "fp32", f"trained x 4 B / {n}", True))
+        p.terms += _deepspeed_state_terms(inv, launcher, gpus)
         p.notes.append(
             "layra train refuses DeepSpeed today (docs/scaling.md); shown for comparison"
         )
     p.terms += _activation_terms(inv, p, head_trains)
     return p
+
+
+def _torch_state_terms(inv: Inventory, launcher: str, gpus: int) -> list[Term]:
+    """Weights, gradients, moments under single / DDP / FSDP2 (see :func:`plan_memory`)."""
+    ts = inv.tensors
+    trained = [t for t in ts if t.trainable]
+    frozen = [t for t in ts if not t.trainable]
+    T = sum(t.numel for t in trained)
+    n = gpus if launcher == "fsdp" else 1
+    dtypes = ", ".join(f"{_mix(g)} {k}" for g, k in ((frozen, "frozen"), (trained, "trained")) if g)
+    shard = f" / {n} (sharded per parameter)" if launcher == "fsdp" else ""
+    held = sum(t.nbytes for t in ts)
+    terms = [Term("weights", held / n, dtypes, f"sum(numel x dtype size){shard}", True)]
+    if launcher == "fsdp":
+        root = sum(t.nbytes for t in ts if t.layer is None)
+        layer = max(sum(t.nbytes for t in ts if t.layer == j) for j in range(inv.shape.layers))
+        terms.append(
+            Term(
+                "gathered weights",
+                root + 2 * layer,
+                _mix(ts),
+                "root unit (embeddings, norm, head) + 2 layers, unsharded during compute",
+                False,
+            )
+        )
+    ddp_buckets = launcher == "ddp" and gpus > 1
+    grads = (8 if ddp_buckets else 4) * T / n
+    gf = "trained x 4 B" + (" x 2 (DDP buckets)" if ddp_buckets else "")
+    per = f" / {n}" if n > 1 else ""
+    return terms + [
+        Term("gradients", grads, "fp32", gf + per, True),
+        Term("optimizer moments", 8 * T / n, "fp32", "trained x 2 x 4 B" + per, True),
+        Term("master copies", 0, "-", "none: trained tensors are fp32 themselves", True),
+    ]
+
+
+def _deepspeed_state_terms(inv: Inventory, launcher: str, gpus: int) -> list[Term]:
+    """Weights, gradients, moments, masters as DeepSpeed ZeRO-2 / ZeRO-3 would hold them."""
+    T, N, n = inv.count(True), inv.count(), gpus
+    if launcher == "zero2":
+        terms = [Term("weights", 2 * N, "bf16", "all parameters x 2 B", True)]
+    else:
+        terms = [
+            Term("weights", 2 * N / n, "bf16", f"all parameters x 2 B / {n}", True),
+            Term("gathered weights", 2 * min(1e9, N), "bf16", "up to 1e9 parameters x 2 B", False),
+        ]
+    return terms + [
+        Term(
+            "gradients",
+            4 * T / n + 8e8,
+            "fp32+bf16",
+            f"trained x 4 B / {n} + 2x2e8 bf16 buckets",
+            True,
+        ),
+        Term("optimizer moments", 8 * T / n, "fp32", f"trained x 2 x 4 B / {n}", True),
+        Term("master copies", 4 * T / n, "fp32", f"trained x 4 B / {n}", True),
+    ]
 
 
 def markdown_table(plans: list[MemoryPlan]) -> str:

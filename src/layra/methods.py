@@ -35,11 +35,9 @@ from typing import Any
 from torch import nn
 
 from layra.arch import describe, unique_named_parameters, unwrap
-from layra.config import METHODS, MethodConfig, embedding_treatment
+from layra.config import MethodConfig, embedding_treatment
 from layra.errors import LayraError
-
-# Paper defaults for k and m (Llama 3.1 8B, 32 layers): layer-selective 1/1, layra 10/2.
-DEFAULT_KM = {"layer-selective": (1, 1), "layra": (10, 2)}
+from layra.method_registry import MethodSpec, method_spec
 
 
 @dataclass
@@ -58,6 +56,10 @@ class MethodPlan:
     embeddings_weight_decay: float | None = None
     embedding_rows: list[int] | None = None  # rows only: the token ids whose rows train
 
+    @property
+    def spec(self) -> MethodSpec:
+        return method_spec(self.method)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -75,7 +77,9 @@ def _count(v: int | float | str | None, default: int, depth: int, name: str) -> 
 
 def resolve_km(cfg: MethodConfig, depth: int) -> tuple[int, int, str]:
     """Turn k and m (count, fraction, default or auto) into layer counts for ``depth``."""
-    dk, dm = DEFAULT_KM.get(cfg.name, (0, 0))
+    # Paper defaults (Llama 3.1 8B, 32 layers): layer-selective 1/1, layra 10/2.
+    default = method_spec(cfg.name).default_km
+    dk, dm = default or (0, 0)
     source = "config"
     k, m = cfg.k, cfg.m
     if "auto" in (k, m):
@@ -85,9 +89,9 @@ def resolve_km(cfg: MethodConfig, depth: int) -> tuple[int, int, str]:
         k = sk if k == "auto" else k
         m = sm if m == "auto" else m
         source = f"lens:{cfg.lens_profile}"
-    elif k is None and m is None and cfg.name in DEFAULT_KM:
+    elif k is None and m is None and default:
         source = "paper default"
-    if cfg.name in DEFAULT_KM and depth < dk + dm and k is None and m is None:
+    if default and depth < dk + dm and k is None and m is None:
         raise LayraError(
             f"method {cfg.name}: the paper's k={dk}, m={dm} need {dk + dm} layers but the model has "
             f"{depth}; set method.k and method.m (counts or fractions of depth)"
@@ -97,26 +101,28 @@ def resolve_km(cfg: MethodConfig, depth: int) -> tuple[int, int, str]:
 
 def plan_method(cfg: MethodConfig, depth: int) -> MethodPlan:
     """Validate a method against a model depth and list what will train. No model needed."""
-    if cfg.name not in METHODS:
-        raise LayraError(f"method.name: {cfg.name!r} is not allowed; allowed: {', '.join(METHODS)}")
-    if cfg.name == "full":
+    spec = method_spec(cfg.name)
+    if not spec.selects_layers:
+        every = list(range(depth))
+        if spec.lora:
+            return MethodPlan(cfg.name, depth, lora_layers=every, train_embeddings=False)
         return MethodPlan(
-            "full",
+            cfg.name,
             depth,
-            full_layers=list(range(depth)),
+            full_layers=every,
             train_embeddings=True,
             embeddings="full",
             embeddings_weight_decay=cfg.embeddings_weight_decay,
         )
-    if cfg.name == "lora":
-        return MethodPlan("lora", depth, lora_layers=list(range(depth)), train_embeddings=False)
     k, m, source = resolve_km(cfg, depth)
     if k + m > depth:
         raise LayraError(
             f"method {cfg.name}: k={k} first plus m={m} last layers overlap; the model has {depth} layers"
         )
-    if cfg.name == "layra" and k + m == 0:
-        raise LayraError("method layra: k + m is 0, so no layer gets LoRA; use k >= 1 or m >= 1")
+    if spec.lora and k + m == 0:
+        raise LayraError(
+            f"method {cfg.name}: k + m is 0, so no layer gets LoRA; use k >= 1 or m >= 1"
+        )
     layers = list(range(k)) + list(range(depth - m, depth))
     treatment = embedding_treatment(cfg)
     plan = MethodPlan(
@@ -130,7 +136,7 @@ def plan_method(cfg: MethodConfig, depth: int) -> MethodPlan:
         embeddings_lr_scale=cfg.embeddings_lr_scale if treatment == "lowlr" else None,
         embeddings_weight_decay=0.0 if treatment == "rows" else cfg.embeddings_weight_decay,
     )
-    if cfg.name == "layra":
+    if spec.lora:
         plan.lora_layers = layers
     else:
         plan.full_layers = layers
@@ -152,18 +158,19 @@ def lora_config(cfg: MethodConfig, plan: MethodPlan, model: nn.Module, in_place:
         emb = arch.embed_name.split(".")[-1]
         head = arch.head_name.split(".")[-1]
         # With tied weights, listing both and ensure_weight_tying keeps one shared tensor;
-        # without it PEFT would silently untie them (SPEC, pitfalls).
+        # without it PEFT would silently untie them (huggingface/peft#2777; docs/scaling.md).
         modules_to_save = [emb, head]
     if in_place:
         modules_to_save = None
     layers_pattern = arch.layers_prefix.split(".")[-1]
+    some = plan.spec.selects_layers  # else every layer: no pattern needed
     return LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,  # 0 gives nn.Identity: no dropout pass at all
         target_modules=targets,
-        layers_to_transform=plan.lora_layers if plan.method == "layra" else None,
-        layers_pattern=layers_pattern if plan.method == "layra" else None,
+        layers_to_transform=plan.lora_layers if some else None,
+        layers_pattern=layers_pattern if some else None,
         modules_to_save=modules_to_save,
         ensure_weight_tying=arch.tied and modules_to_save is not None,
         task_type="CAUSAL_LM",
@@ -195,42 +202,53 @@ def prepare_model(
                 "method.embeddings=rows needs the row set (layra.embeddings.select_rows)"
             )
         plan.embedding_rows = sorted({int(r) for r in rows})
-    if plan.method in ("lora", "layra"):
-        from peft import get_peft_model
-
-        in_place = embeddings_in_place and plan.train_embeddings
-        model = get_peft_model(model, lora_config(cfg, plan, model, in_place))
-        if in_place:
-            # A row mask (embeddings: rows) edits dense gradients only.
-            _train_embeddings_in_place(model, arch.tied and plan.embeddings != "rows")
-        got = sorted(
-            {arch.layer_of(n) for n, _ in model.named_parameters() if "lora_A" in n} - {None}
-        )
-        if got != plan.lora_layers:
-            raise LayraError(f"LoRA adapters landed on layers {got}, expected {plan.lora_layers}")
+    if plan.spec.lora:
+        model = _wrap_lora(model, cfg, plan, embeddings_in_place)
     else:
-        for p in model.parameters():
-            p.requires_grad_(plan.method == "full")
-        if plan.method == "layer-selective":
-            full = set(plan.full_layers)
-            for name, p in model.named_parameters():
-                if arch.layer_of(name) in full:
-                    p.requires_grad_(True)
-            if plan.train_embeddings:
-                model.get_input_embeddings().weight.requires_grad_(True)
-                model.get_output_embeddings().weight.requires_grad_(True)
+        _unfreeze_planned(model, plan)
     hf = unwrap(model)
     if arch.tied and hf.get_input_embeddings().weight is not hf.get_output_embeddings().weight:
         raise LayraError("internal: tied embeddings became untied while preparing the method")
-    if plan.method != "lora":
-        apply_treatment(
-            model,
-            plan.embeddings,
-            plan.embeddings_lr_scale or 1.0,
-            plan.embedding_rows,
-            plan.embeddings_weight_decay,
-        )
+    # A no-op for frozen embeddings (lora).
+    apply_treatment(
+        model,
+        plan.embeddings,
+        plan.embeddings_lr_scale or 1.0,
+        plan.embedding_rows,
+        plan.embeddings_weight_decay,
+    )
     return model, plan
+
+
+def _wrap_lora(model: nn.Module, cfg: MethodConfig, plan: MethodPlan, embeddings_in_place: bool):
+    """The PEFT model of a LoRA plan, checked to carry adapters on exactly the planned layers."""
+    from peft import get_peft_model
+
+    arch = describe(model)
+    in_place = embeddings_in_place and plan.train_embeddings
+    model = get_peft_model(model, lora_config(cfg, plan, model, in_place))
+    if in_place:
+        # A row mask (embeddings: rows) edits dense gradients only.
+        _train_embeddings_in_place(model, arch.tied and plan.embeddings != "rows")
+    got = sorted({arch.layer_of(n) for n, _ in model.named_parameters() if "lora_A" in n} - {None})
+    if got != plan.lora_layers:
+        raise LayraError(f"LoRA adapters landed on layers {got}, expected {plan.lora_layers}")
+    return model
+
+
+def _unfreeze_planned(model: nn.Module, plan: MethodPlan) -> None:
+    """Without LoRA: every parameter trains, or the planned layers plus embeddings and head."""
+    arch = describe(model)
+    for p in model.parameters():
+        p.requires_grad_(plan.spec.trains_everything)
+    if plan.spec.selects_layers:
+        full = set(plan.full_layers)
+        for name, p in model.named_parameters():
+            if arch.layer_of(name) in full:
+                p.requires_grad_(True)
+        if plan.train_embeddings:
+            model.get_input_embeddings().weight.requires_grad_(True)
+            model.get_output_embeddings().weight.requires_grad_(True)
 
 
 IN_PLACE_ATTR = "layra_embeddings_in_place"  # set on a PEFT model by prepare_model
@@ -316,19 +334,19 @@ def trainable_summary(model: nn.Module, plan: MethodPlan) -> str:
         f"method {plan.method}: {n_train:,} trainable parameters, {100 * n_train / total:.2f}% "
         f"of the model's {total:,}",
     ]
-    if plan.method in ("layer-selective", "layra"):
+    if plan.spec.selects_layers:
         lines.append(
             f"  k={plan.k} first, m={plan.m} last of {plan.depth} layers ({plan.k_m_source})"
         )
     if plan.lora_layers:
         lines.append(f"  LoRA on layers {_ranges(plan.lora_layers)}")
-    if plan.full_layers and plan.method != "full":
+    if plan.full_layers and not plan.spec.trains_everything:
         lines.append(f"  fully trained layers {_ranges(plan.full_layers)}")
-    if plan.method != "full":
+    if not plan.spec.trains_everything:
         shown = [m for m in full_modules if describe(model).layer_of(m) is None]
         if shown:
             lines.append("  fully trained modules: " + ", ".join(shown))
-    if plan.method in ("layer-selective", "layra"):
+    if plan.spec.fixed_embeddings is None:
         how = {
             "full": "every row trains",
             "frozen": "frozen",

@@ -18,18 +18,20 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import yaml
 
 from layra import distributed as dist
-from layra.atomic import atomic_dir, atomic_write_json, atomic_write_text
+from layra.atomic import atomic_dir, atomic_write_text
 from layra.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
-from layra.config import RunConfig, to_dict, validate
+from layra.config import RunConfig, TrainConfig, to_dict, validate
 from layra.errors import LayraError
+from layra.rundir import RunDir, RunRecord
 
 
 def set_seed(seed: int) -> None:
@@ -78,7 +80,9 @@ def frozen_dtype(cfg: RunConfig, precision: str) -> str:
     master copies (:func:`upcast_trainable`). In fp32 (chosen where bf16 matmul is
     slow) everything is fp32: bf16 frozen weights would be cast on every use.
     """
-    if precision != "bf16" or cfg.method.name == "full":
+    from layra.method_registry import method_spec
+
+    if precision != "bf16" or method_spec(cfg.method.name).trains_everything:
         return "float32"
     mc = _model_config(cfg)
     stored = getattr(mc, "dtype", None) or getattr(mc, "torch_dtype", None)
@@ -89,12 +93,11 @@ def _keep_resumed_precision(prec, out: Path):
     """A resumed ``auto`` run keeps the precision it started in (the probe could differ)."""
     import dataclasses
 
-    path = out / "provenance.json"
-    if prec.requested != "auto" or not path.is_file():
+    if prec.requested != "auto":
         return prec
     try:
-        before = (json.loads(path.read_text()).get("precision") or {}).get("name")
-    except (OSError, ValueError, AttributeError):
+        before = ((RunDir(out).read_provenance() or {}).get("precision") or {}).get("name")
+    except AttributeError:  # a hand-edited provenance.json
         return prec
     if before in ("bf16", "fp32") and before != prec.name:
         why = f"kept from the run being resumed (now auto would pick {prec.name})"
@@ -176,14 +179,16 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-class _Log:
-    """``log.jsonl``, one line per optimizer step: on resume, lines after ``start_step``
-    (steps the killed run logged past its last checkpoint, and a torn last line) are
-    dropped first, since those steps run again."""
+class MetricLog:
+    """One dict per logged optimizer step, to ``log.jsonl`` (rank 0) and to the trackers.
 
-    def __init__(self, path: Path, enabled: bool, start_step: int = 0):
-        self.f = None
-        if not enabled:
+    On resume, lines after ``start_step`` (steps the killed run logged past its last
+    checkpoint, and a torn last line) are dropped first, since those steps run again.
+    """
+
+    def __init__(self, path: Path, acc, start_step: int = 0):
+        self.acc, self.f = acc, None
+        if not acc.is_main_process:
             return
         kept = []
         if path.exists():
@@ -199,6 +204,9 @@ class _Log:
         self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115
 
     def write(self, rec: dict[str, Any]) -> None:
+        if self.acc.trackers:  # scalars only
+            scalars = {k: v for k, v in rec.items() if k != "step" and v is not None}
+            self.acc.log(scalars, step=rec["step"])
         if self.f:
             self.f.write(json.dumps(rec) + "\n")
             self.f.flush()
@@ -206,6 +214,10 @@ class _Log:
     def close(self) -> None:
         if self.f:
             self.f.close()
+        # Not acc.end_training(): it also destroys the process group, and a multi-process
+        # run still needs it afterwards (wait_for_everyone).
+        for tracker in self.acc.trackers:
+            tracker.finish()
 
 
 def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
@@ -214,24 +226,23 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
 
     from layra.atomic import check_writable, clean_stale
 
-    out = Path(cfg.output_dir)
+    rd = RunDir(cfg.output_dir)
+    out = rd.path
     if out.exists() and not out.is_dir():
         raise LayraError(f"output_dir {out} is a file; choose a directory path")
-    if (out / "run.json").exists() and not overwrite:
+    if rd.run_json.exists() and not overwrite:
         raise LayraError(f"run {out} is already complete (pass --overwrite to train it again)")
     if out.exists() and any(out.iterdir()) and not (resume or overwrite):
         raise LayraError(
             f"output directory {out} exists; pass --resume to continue it or --overwrite"
         )
-    check_writable(out / "run.json")
-    if resume and (out / "config.yaml").exists():
-        saved = yaml.safe_load((out / "config.yaml").read_text())
-        now = to_dict(cfg)
-        for key in ("model", "method", "data"):
-            if saved.get(key) != now.get(key):
-                raise LayraError(
-                    f"--resume: {key} settings differ from the run in {out}; use a new output_dir"
-                )
+    check_writable(rd.run_json)
+    if resume and rd.config_yaml.exists():
+        differ = rd.differing_settings(cfg, ("model", "method", "data"))
+        if differ:
+            raise LayraError(
+                f"--resume: {differ[0]} settings differ from the run in {out}; use a new output_dir"
+            )
     if overwrite and out.exists() and not resume:
         shutil.rmtree(out)
     try:
@@ -241,14 +252,73 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
             f"cannot create output_dir {out}: {e.strerror or e}; choose a writable location"
         ) from e
     # What a killed run left: half-written checkpoints, outputs and packed data.
-    for d in (out, out / "checkpoints", out / "heldout"):
+    for d in (out, rd.checkpoints, rd.heldout):
         clean_stale(d)
-    if (out / "data.safetensors").exists() and not (out / "data_stats.json").exists():
+    if rd.data.exists() and not rd.data_stats.exists():
         # Packed by a layra that renamed data.safetensors into place first, then killed.
         with contextlib.suppress(FileNotFoundError):  # another process of the run was first
-            (out / "data.safetensors").unlink()
-        print(f"layra: removed incomplete packed data {out / 'data.safetensors'}", file=sys.stderr)
+            rd.data.unlink()
+        print(f"layra: removed incomplete packed data {rd.data}", file=sys.stderr)
     return out
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How many optimizer steps, how many warm up, and which blocks each rank reads.
+
+    Pure arithmetic on the config and the data size. The global block order is
+    ``[step][micro-batch][rank][batch]``, so any number of processes reads the same
+    blocks in each optimizer step; an epoch after the first reads them again.
+    """
+
+    batch_size: int
+    grad_accum: int
+    world: int
+    n_blocks: int
+    total_steps: int
+    warmup_steps: int
+
+    @classmethod
+    def make(cls, t: TrainConfig, n_blocks: int, world: int) -> StepPlan:
+        per_step = t.batch_size * t.grad_accum * world
+        if n_blocks < per_step:
+            raise LayraError(
+                f"{n_blocks} blocks are fewer than one optimizer step needs ({per_step} = "
+                f"batch_size {t.batch_size} x grad_accum {t.grad_accum} x {world} processes); "
+                "add text or lower them"
+            )
+        total = (n_blocks // per_step) * t.epochs
+        if t.max_steps is not None:
+            total = min(total, t.max_steps)
+        return cls(t.batch_size, t.grad_accum, world, n_blocks, total, math.ceil(t.warmup * total))
+
+    @property
+    def blocks_per_step(self) -> int:
+        return self.batch_size * self.grad_accum * self.world
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n_blocks // self.blocks_per_step
+
+    def blocks(self, step: int, micro: int, rank: int) -> slice:
+        """The blocks rank ``rank`` reads in micro-batch ``micro`` of step ``step`` (from 0)."""
+        base = (step % self.steps_per_epoch) * self.blocks_per_step
+        lo = base + (micro * self.world + rank) * self.batch_size
+        return slice(lo, lo + self.batch_size)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_model` returns."""
+
+    run_dir: Path
+    # The trained model (a PEFT model for LoRA methods); unusable after ``merge_in_place``.
+    model: Any
+    record: RunRecord | None  # run.json as written; None on other ranks or when stopped early
+    steps_done: int
+
+
+StopWhen = Callable[[int], bool]  # called with the steps done after each optimizer step
 
 
 def train(
@@ -256,14 +326,13 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    stop_after_step: int | None = None,
+    should_stop: StopWhen | None = None,
 ) -> Path:
-    """Train ``cfg`` and return the run directory (see docs/formats.md).
-
-    ``stop_after_step`` ends the loop early after checkpointing, as a kill would
-    (used to test resuming).
-    """
-    return train_model(cfg, resume, overwrite, progress, stop_after_step, keep_model=False)[0]
+    """Train ``cfg`` and return the run directory (see docs/formats.md)."""
+    res = train_model(
+        cfg, resume, overwrite, progress, should_stop=should_stop, merge_in_place=True
+    )
+    return res.run_dir
 
 
 def train_model(
@@ -271,30 +340,57 @@ def train_model(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    stop_after_step: int | None = None,
-    keep_model: bool = True,
-):
-    """Like :func:`train`, but also return the trained in-memory model.
+    *,
+    should_stop: StopWhen | None = None,
+    merge_in_place: bool = False,
+) -> TrainResult:
+    """Train ``cfg``: the recipe, one named step per line.
 
-    With ``keep_model`` false a LoRA model is merged in place for ``--merge``
-    (no second copy of the weights in memory) and must not be used afterwards.
+    ``should_stop(steps_done)`` returning True ends training after a checkpoint, as a
+    kill would (tests resume from it). ``merge_in_place``: for ``merge: true`` merge a
+    LoRA model into its own weights (no second copy in memory); the returned model is
+    then not to be used.
     """
-    from accelerate import Accelerator
-    from tqdm.auto import tqdm
+    from layra.embeddings import select_rows
 
-    from layra import data as data_mod
-    from layra.fingerprint import model_fingerprint
-    from layra.loss import LossModule
-    from layra.methods import plan_method, prepare_model, trainable_summary
-    from layra.models import load_model, load_tokenizer
-    from layra.provenance import provenance
+    out = _check_and_prepare(cfg, resume, overwrite)
+    acc, prec, say = _make_accelerator(cfg, out, resume, progress)
+    tok, packed = _load_data(cfg, out, acc, say, progress)
+    rows = select_rows(cfg.method, tok, packed.blocks, say)  # None unless method.embeddings=rows
+    if acc.is_main_process:
+        _write_how_made(cfg, out, acc, prec)
+    built = _build_model(cfg, tok, prec, rows, say)
+    steps = StepPlan.make(cfg.train, len(packed.blocks), acc.num_processes)
+    parts = _make_optimizer(cfg.train, built.model, steps, acc)
+    ckpt = Checkpointer(RunDir(out).checkpoints, parts, cfg.train)
+    start, tokens = ckpt.resume(say) if resume else (0, 0)
+    log = MetricLog(RunDir(out).log_jsonl, acc, start)
+    desc = f"train {built.plan.method}"
+    fit = _fit(
+        parts,
+        packed.blocks,
+        steps,
+        ckpt,
+        log,
+        cfg.train,
+        (start, tokens),
+        should_stop,
+        progress,
+        desc,
+    )
+    if fit.stopped_early:
+        return TrainResult(out, built.model, None, fit.steps)
+    record = _finish(cfg, out, parts, ckpt, tok, built, packed, fit, prec, merge_in_place, say)
+    return TrainResult(out, built.model, record, fit.steps)
+
+
+def _check_and_prepare(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
+    """Fail on everything that can fail without weights (before the slow load and before
+    anything is created), then create or clean the run directory."""
+    from layra.methods import plan_method
 
     validate(cfg)
-    t = cfg.train
-    # Everything that can fail without weights fails here, before the slow load and
-    # before anything is created.
-    depth = model_depth(cfg)
-    plan_method(cfg.method, depth)
+    plan_method(cfg.method, model_depth(cfg))
     _check_inputs(cfg, resume)
     dist.check_sharding(cfg)
     # Each process checks the run directory before any writes into it (rank 0's data,
@@ -302,17 +398,22 @@ def train_model(
     dist.sync_ranks()
     out = prepare_run_dir(cfg, resume, overwrite)
     dist.sync_ranks()
+    return out
 
-    cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
+
+def _make_accelerator(cfg: RunConfig, out: Path, resume: bool, progress: bool):
+    """The accelerate state for the resolved precision, trackers started: (acc, precision, say)."""
+    from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     from layra.precision import announce, resolve_precision
 
+    t = cfg.train
+    cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
     # Every rank must compute in the same precision: decide without timing when several run.
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     prec = resolve_precision(t.precision, "cpu" if cpu else "cuda", deterministic=several)
     prec = _keep_resumed_precision(prec, out) if resume else prec
-
     # accelerate keeps one process-wide state; a second run in the same process (tests,
     # sweeps, the demo) with another precision must not inherit the first one's.
     AcceleratorState._reset_state()
@@ -328,16 +429,23 @@ def train_model(
     say = acc.print if progress else (lambda *a, **k: None)
     announce(prec, say)
     set_seed(t.seed)
+    return acc, prec, say
+
+
+def _load_data(cfg: RunConfig, out: Path, acc, say, progress: bool):
+    """The tokenizer and the packed data: reused from the run directory, or read and packed."""
+    from layra import data as data_mod
+    from layra.models import load_tokenizer
 
     tok = load_tokenizer(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.trust_remote_code)
-    cached = (out / "data.safetensors").exists()
+    cached = RunDir(out).data.exists()
     dist.sync_ranks()  # every rank has looked before rank 0 writes the cache
     if cached:
         packed = data_mod.load_packed(out)
         say(f"data: reusing {packed.stats['blocks']} packed blocks from {out}")
     else:
         say("data: reading sources")
-        packed = data_mod.build_dataset(cfg.data, tok, seed=t.seed, progress=progress)
+        packed = data_mod.build_dataset(cfg.data, tok, seed=cfg.train.seed, progress=progress)
         if acc.is_main_process:
             data_mod.save_packed(packed, out)
         acc.wait_for_everyone()
@@ -346,22 +454,38 @@ def train_model(
             f"  {lang}: {s['train_tokens']:,} training tokens in {s['blocks']} blocks, "
             f"{s['heldout_documents']} held-out documents"
         )
+    return tok, packed
 
-    from layra.embeddings import select_rows
 
-    rows = select_rows(cfg.method, tok, packed.blocks, say)  # None unless method.embeddings=rows
+def _write_how_made(cfg: RunConfig, out: Path, acc, prec) -> None:
+    """config.yaml and provenance.json, before training: a killed run says how it was made."""
+    from layra.provenance import provenance
 
-    if acc.is_main_process:
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        atomic_write_json(
-            out / "provenance.json",
-            provenance(
-                seed=t.seed,
-                accelerate_state=str(acc.distributed_type),
-                precision=prec.to_dict(),
-            ),
+    run = RunDir(out)
+    run.write_config(cfg)
+    run.write_provenance(
+        provenance(
+            seed=cfg.train.seed,
+            accelerate_state=str(acc.distributed_type),
+            precision=prec.to_dict(),
         )
+    )
 
+
+class _Built(NamedTuple):
+    model: torch.nn.Module  # prepared for the method (a PEFT model for LoRA methods)
+    plan: Any  # layra.methods.MethodPlan
+    base_fingerprint: dict[str, str]
+    load_dtype: str  # what the frozen weights are held in
+
+
+def _build_model(cfg: RunConfig, tok, prec, rows, say) -> _Built:
+    """Load the base model and apply the method: exactly the plan's tensors train, in fp32."""
+    from layra.fingerprint import model_fingerprint
+    from layra.methods import prepare_model, trainable_summary
+    from layra.models import load_model
+
+    t = cfg.train
     say(f"model: loading {cfg.model.name_or_path}")
     load_dtype = frozen_dtype(cfg, prec.name)
     model, _ = load_model(
@@ -381,23 +505,27 @@ def train_model(
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     say(trainable_summary(model, plan))
+    return _Built(model, plan, base_fp, load_dtype)
 
-    world = acc.num_processes
-    per_step = t.batch_size * t.grad_accum * world
-    n_blocks = len(packed.blocks)
-    steps_per_epoch = n_blocks // per_step
-    if steps_per_epoch == 0:
-        raise LayraError(
-            f"{n_blocks} blocks are fewer than one optimizer step needs ({per_step} = batch_size "
-            f"{t.batch_size} x grad_accum {t.grad_accum} x {world} processes); add text or lower them"
-        )
-    total_steps = steps_per_epoch * t.epochs
-    if t.max_steps is not None:
-        total_steps = min(total_steps, t.max_steps)
-    warmup = math.ceil(t.warmup * total_steps)
+
+@dataclass
+class _Parts:
+    """What the training loop drives."""
+
+    acc: Any
+    model: torch.nn.Module
+    loss_model: torch.nn.Module  # model + chunked LM loss, as accelerate / FSDP wrapped it
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    sharded: bool  # FSDP2: each rank holds a shard of every tensor
+
+
+def _make_optimizer(t: TrainConfig, model: torch.nn.Module, steps: StepPlan, acc) -> _Parts:
+    """AdamW and the warm-up / decay schedule, over the (possibly sharded) model."""
+    from layra.loss import LossModule
 
     loss_model = LossModule(model, t.loss_chunk)
-    sharded = world > 1 and dist.fsdp_requested()
+    sharded = acc.num_processes > 1 and dist.fsdp_requested()
     if sharded:
         dist.shard(loss_model, acc.device)  # before the optimizer: it must see the shards
     # fused: one pass over each tensor instead of ~10 (the CPU default is a per-op loop); it
@@ -409,167 +537,221 @@ def train_model(
         eps=t.eps,
         fused=_fused_adamw_ok(model),
     )
-    scheduler = _schedule(optimizer, t.schedule, warmup, total_steps)
+    scheduler = _schedule(optimizer, t.schedule, steps.warmup_steps, steps.total_steps)
     loss_model, optimizer = dist.prepare(acc, loss_model, optimizer, sharded)
+    return _Parts(acc, model, loss_model, optimizer, scheduler, sharded)
 
-    ckpt_root = out / "checkpoints"
-    start_step, tokens_seen = 0, 0
-    last = latest_checkpoint(ckpt_root) if resume else None
-    if last is not None and dist.is_sharded_checkpoint(last):
-        meta = dist.load_sharded(last, model, optimizer, scheduler, acc)
-        start_step, tokens_seen = meta["step"], meta["tokens"]
-        say(f"resume: from {last} (step {start_step})")
-    elif last is not None:
-        meta = load_checkpoint(last, model, optimizer, scheduler)
-        start_step, tokens_seen = meta["step"], meta["tokens"]
-        say(f"resume: from {last} (step {start_step})")
-    elif resume:
-        say("resume: no checkpoint yet, starting from step 0")
 
-    def check_finite(step: int) -> None:
-        # The loss can be finite while the update that follows overflows; never
-        # checkpoint or write such weights.
-        bad = [
-            n
-            for n, p in model.named_parameters()
-            if p.requires_grad and not torch.isfinite(dist.local(p)).all()
-        ]
-        if bad:
-            prev = latest_checkpoint(ckpt_root)
-            kept = f"last good checkpoint: {prev}" if prev else "no checkpoint was saved yet"
-            raise LayraError(
-                f"weights became non-finite at step {step} ({bad[0]}); stopping ({kept}). "
-                "Try a lower train.lr"
+class Checkpointer:
+    """``checkpoints/step-N``: resumable state, saved only from finite weights."""
+
+    def __init__(self, root: Path, parts: _Parts, t: TrainConfig):
+        self.root, self.parts, self.keep, self.seed = root, parts, t.keep_checkpoints, t.seed
+
+    def resume(self, say) -> tuple[int, int]:
+        """Load the latest checkpoint, if any: (steps done, tokens seen)."""
+        p = self.parts
+        last = latest_checkpoint(self.root)
+        if last is None:
+            say("resume: no checkpoint yet, starting from step 0")
+            return 0, 0
+        if dist.is_sharded_checkpoint(last):
+            meta = dist.load_sharded(last, p.model, p.optimizer, p.scheduler, p.acc)
+        else:
+            meta = load_checkpoint(last, p.model, p.optimizer, p.scheduler)
+        say(f"resume: from {last} (step {meta['step']})")
+        return meta["step"], meta["tokens"]
+
+    def check_finite(self, step: int, loss: float | None = None) -> None:
+        """Stop on a non-finite ``loss`` or, without one, non-finite trained weights (the
+        loss can be finite while the update after it overflows): such weights are never
+        checkpointed or written."""
+        if loss is not None:
+            if math.isfinite(loss):
+                return
+            what = f"loss is {loss} at step {step}"
+        else:
+            named = self.parts.model.named_parameters()
+            bad = next(
+                (
+                    n
+                    for n, p in named
+                    if p.requires_grad and not torch.isfinite(dist.local(p)).all()
+                ),
+                None,
             )
+            if bad is None:
+                return
+            what = f"weights became non-finite at step {step} ({bad})"
+        prev = latest_checkpoint(self.root)
+        kept = f"last good checkpoint: {prev}" if prev else "no checkpoint was saved yet"
+        raise LayraError(f"{what}; stopping ({kept}). Try a lower train.lr")
 
-    def save(step: int) -> None:
-        check_finite(step)
-        state = {"step": step, "tokens": tokens_seen, "seed": t.seed}
-        if sharded:
-            dist.save_sharded(ckpt_root / f"step-{step}", model, optimizer, scheduler, state, acc)
-        if acc.is_main_process:
-            if not sharded:
-                save_checkpoint(ckpt_root / f"step-{step}", model, optimizer, scheduler, state)
-            prune_checkpoints(ckpt_root, t.keep_checkpoints)
-        acc.wait_for_everyone()
+    def save(self, step: int, tokens: int) -> None:
+        self.check_finite(step)
+        p = self.parts
+        state = {"step": step, "tokens": tokens, "seed": self.seed}
+        path = self.root / f"step-{step}"
+        if p.sharded:
+            dist.save_sharded(path, p.model, p.optimizer, p.scheduler, state, p.acc)
+        if p.acc.is_main_process:
+            if not p.sharded:
+                save_checkpoint(path, p.model, p.optimizer, p.scheduler, state)
+            prune_checkpoints(self.root, self.keep)
+        p.acc.wait_for_everyone()
 
-    log = _Log(out / "log.jsonl", acc.is_main_process, start_step)
-    device = acc.device
-    rank = acc.process_index
-    seq_len = packed.blocks.shape[1]
+
+@dataclass
+class _Fit:
+    steps: int  # optimizer steps done (all sessions)
+    tokens: int  # training tokens seen (all sessions)
+    loss: float  # the last step's
+    seconds: float  # this session's training time
+    session_tokens: int
+    stopped_early: bool
+
+
+def _fit(
+    parts: _Parts,
+    blocks,
+    steps: StepPlan,
+    ckpt,
+    log,
+    t: TrainConfig,
+    start,
+    should_stop,
+    progress: bool,
+    desc: str,
+) -> _Fit:
+    """The training loop, from ``start`` = (steps done, tokens seen) to the plan's end."""
+    from tqdm.auto import tqdm
+
+    done, tokens = start
+    show = progress and parts.acc.is_main_process
     bar = tqdm(
-        total=total_steps,
-        initial=start_step,
-        disable=not (progress and acc.is_main_process),
-        desc=f"train {plan.method}",
+        total=steps.total_steps,
+        initial=done,
+        disable=not show,
+        desc=desc,
         unit="step",
         dynamic_ncols=True,
     )
-    model.train()
-    t0, tok0 = time.perf_counter(), tokens_seen
-    loss_val = float("nan")
+    parts.model.train()
+    t0, tok0, loss, stop = time.perf_counter(), tokens, float("nan"), False
     try:
-        for step in range(start_step, total_steps):
-            base = (step % steps_per_epoch) * per_step
-            step_loss = torch.zeros((), device=device)
-            for micro in range(t.grad_accum):
-                # Global block order: [step][micro][rank][batch] — same data for any world size.
-                lo = base + (micro * world + rank) * t.batch_size
-                batch = packed.blocks[lo : lo + t.batch_size].to(device)
-                ctx = (
-                    acc.no_sync(loss_model)
-                    if micro < t.grad_accum - 1
-                    else contextlib.nullcontext()
-                )
-                with ctx, acc.autocast():
-                    loss = loss_model(batch)
-                acc.backward(loss / t.grad_accum)
-                step_loss += loss.detach() / t.grad_accum
-            loss_val = acc.reduce(step_loss, reduction="mean").item()
-            if not math.isfinite(loss_val):
-                prev = latest_checkpoint(ckpt_root)
-                kept = f"last good checkpoint: {prev}" if prev else "no checkpoint was saved yet"
-                raise LayraError(
-                    f"loss is {loss_val} at step {step + 1}; stopping ({kept}). Try a lower train.lr"
-                )
-            grad_norm = None
-            if t.max_grad_norm:
-                grad_norm = float(acc.clip_grad_norm_(model.parameters(), t.max_grad_norm))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            tokens_seen += per_step * seq_len
+        for step in range(done, steps.total_steps):
+            loss, grad_norm = _train_step(parts, blocks, steps, step, ckpt, t.max_grad_norm)
+            done, tokens = step + 1, tokens + steps.blocks_per_step * blocks.shape[1]
             elapsed = time.perf_counter() - t0
-            tps = (tokens_seen - tok0) / elapsed if elapsed > 0 else 0.0
-            if (step + 1) % t.log_every == 0 or step + 1 == total_steps:
-                if trackers:
-                    acc.log(
-                        {"loss": loss_val, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tps},
-                        step=step + 1,
-                    )
+            tps = (tokens - tok0) / elapsed if elapsed > 0 else 0.0
+            if done % t.log_every == 0 or done == steps.total_steps:
+                lr = parts.scheduler.get_last_lr()[0]
                 log.write(
                     {
-                        "step": step + 1,
-                        "loss": loss_val,
-                        "lr": scheduler.get_last_lr()[0],
+                        "step": done,
+                        "loss": loss,
+                        "lr": lr,
                         "grad_norm": grad_norm,
-                        "tokens": tokens_seen,
+                        "tokens": tokens,
                         "tokens_per_s": round(tps, 1),
                         "elapsed_s": round(elapsed, 2),
                     }
                 )
-            bar.set_postfix(loss=f"{loss_val:.4f}", tok_s=f"{tps:,.0f}")
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
             bar.update(1)
-            done = step + 1
-            if (
-                t.save_every and done % t.save_every == 0 and done < total_steps
-            ) or done == stop_after_step:
-                save(done)
-            if stop_after_step is not None and done >= stop_after_step:
-                return out, model
+            stop = should_stop is not None and should_stop(done)
+            if stop or (t.save_every and done % t.save_every == 0 and done < steps.total_steps):
+                ckpt.save(done, tokens)
+            if stop:
+                break
     finally:
         bar.close()
         log.close()
-        # Not acc.end_training(): it also destroys the process group, and a multi-process
-        # run still needs it below (wait_for_everyone).
-        for tracker in acc.trackers:
-            tracker.finish()
-    elapsed = time.perf_counter() - t0
-    check_finite(total_steps)
+    return _Fit(done, tokens, loss, time.perf_counter() - t0, tokens - tok0, stop)
 
+
+def _train_step(
+    parts: _Parts, blocks, steps: StepPlan, step: int, ckpt, max_norm: float | None
+) -> tuple[float, float | None]:
+    """One optimizer step over the micro-batches: (loss averaged over ranks, gradient norm)."""
+    acc, n = parts.acc, steps.grad_accum
+    step_loss = torch.zeros((), device=acc.device)
+    for micro in range(n):
+        batch = blocks[steps.blocks(step, micro, acc.process_index)].to(acc.device)
+        # Gradients are reduced across ranks on the last micro-batch only.
+        sync = contextlib.nullcontext() if micro == n - 1 else acc.no_sync(parts.loss_model)
+        with sync, acc.autocast():
+            loss = parts.loss_model(batch)
+        acc.backward(loss / n)
+        step_loss += loss.detach() / n
+    loss_val = acc.reduce(step_loss, reduction="mean").item()
+    ckpt.check_finite(step + 1, loss_val)
+    grad_norm = None
+    if max_norm:
+        grad_norm = float(acc.clip_grad_norm_(parts.model.parameters(), max_norm))
+    parts.optimizer.step()
+    parts.scheduler.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    return loss_val, grad_norm
+
+
+def _finish(
+    cfg: RunConfig,
+    out: Path,
+    parts: _Parts,
+    ckpt,
+    tok,
+    built: _Built,
+    packed,
+    fit: _Fit,
+    prec,
+    merge_in_place: bool,
+    say,
+) -> RunRecord | None:
+    """Check the weights, write the artifact (and model/ if asked), then run.json, last."""
+    ckpt.check_finite(fit.steps)
     # Under FSDP every rank takes part in gathering the full trained tensors rank 0 writes.
-    full = dist.full_trainable(model) if sharded else None
-    if acc.is_main_process:
-        _write_outputs(cfg, out, model, tok, plan, keep_model, merged_dtype=load_dtype, full=full)
-        summary = {
-            "status": "complete",
-            "method": plan.method,
-            "plan": plan.to_dict(),
-            "base_model": _portable_ref(cfg.model.name_or_path),
-            "gguf_file": cfg.model.gguf_file,
-            "base_fingerprint": base_fp,
-            "languages": list(packed.heldout),
-            "steps": total_steps,
-            "tokens": tokens_seen,
-            "final_loss": loss_val,
-            "train_seconds_this_session": round(elapsed, 1),
-            "tokens_per_s_this_session": round((tokens_seen - tok0) / elapsed, 1)
-            if elapsed
-            else None,
-            "peak_rss_gib": round(_peak_rss_gib(), 2),
-            "processes": world,
-            "precision": prec.to_dict(),
-            "tied": model_is_tied(model),
-            "outputs": sorted(
-                p.name
-                for p in out.iterdir()
-                if p.name in ("adapter", "trained.safetensors", "model")
-            ),
-        }
-        atomic_write_json(out / "run.json", summary)
-        say(f"done: {total_steps} steps, final loss {loss_val:.4f}, outputs in {out}")
-    acc.wait_for_everyone()
-    return out, model
+    full = dist.full_trainable(built.model) if parts.sharded else None
+    record = None
+    if parts.acc.is_main_process:
+        _write_outputs(
+            cfg,
+            out,
+            built.model,
+            tok,
+            built.plan,
+            not merge_in_place,
+            merged_dtype=built.load_dtype,
+            full=full,
+        )
+        record = _run_record(cfg, out, built, list(packed.heldout), fit, prec, parts.acc)
+        RunDir(out).write_record(record)
+        say(f"done: {fit.steps} steps, final loss {fit.loss:.4f}, outputs in {out}")
+    parts.acc.wait_for_everyone()
+    return record
+
+
+def _run_record(cfg: RunConfig, out: Path, built: _Built, languages, fit: _Fit, prec, acc):
+    return RunRecord(
+        method=built.plan.method,
+        plan=built.plan.to_dict(),
+        base_model=_portable_ref(cfg.model.name_or_path),
+        gguf_file=cfg.model.gguf_file,
+        base_fingerprint=built.base_fingerprint,
+        languages=languages,
+        steps=fit.steps,
+        tokens=fit.tokens,
+        final_loss=fit.loss,
+        train_seconds_this_session=round(fit.seconds, 1),
+        tokens_per_s_this_session=round(fit.session_tokens / fit.seconds, 1)
+        if fit.seconds
+        else None,
+        peak_rss_gib=round(_peak_rss_gib(), 2),
+        processes=acc.num_processes,
+        precision=prec.to_dict(),
+        tied=model_is_tied(built.model),
+        outputs=RunDir(out).outputs(),
+    )
 
 
 def _check_inputs(cfg: RunConfig, resume: bool) -> None:
@@ -580,7 +762,7 @@ def _check_inputs(cfg: RunConfig, resume: bool) -> None:
     if cfg.train.device == "cuda" and not torch.cuda.is_available():
         raise LayraError("train.device=cuda but no CUDA device is available")
     check_model_files(cfg.model.name_or_path, cfg.model.gguf_file)
-    if not (resume and (Path(cfg.output_dir) / "data.safetensors").exists()):
+    if not (resume and RunDir(cfg.output_dir).data.exists()):
         for src in cfg.data.sources:
             source_format(src)  # a missing file, an empty directory, an unknown type
 
@@ -620,18 +802,20 @@ def _write_outputs(
     from layra.checkpoint import trainable_state
     from layra.methods import save_adapter
 
-    if plan.method in ("lora", "layra"):
-        with atomic_dir(out / "adapter", overwrite=True) as tmp:
+    rd = RunDir(out)
+    adapter = plan.spec.artifact == "adapter"
+    if adapter:
+        with atomic_dir(rd.adapter, overwrite=True) as tmp:
             # In-place embedding / head saved as modules_to_save; ``full``: gathered shards.
             save_adapter(model, plan, tmp, state_dict=full)
             tok.save_pretrained(tmp)
     else:
         tensors = trainable_state(unwrap(model)) if full is None else dist.hf_names(model, full)
-        tmp = out / ".trained.safetensors.tmp"
+        tmp = rd.trained.with_name(f".{rd.trained.name}.tmp")
         save_file(tensors, str(tmp), metadata={"format": "pt", "method": plan.method})
-        os.replace(tmp, out / "trained.safetensors")
+        os.replace(tmp, rd.trained)
     if cfg.merge:
-        if plan.method in ("lora", "layra"):
+        if adapter:
             # Merging rewrites the base weights; a caller that keeps the model gets a copy merged.
             merged = (copy.deepcopy(model) if copy_before_merge else model).merge_and_unload()
         else:
@@ -639,6 +823,6 @@ def _write_outputs(
         if merged_dtype != "float32":
             # Frozen weights were kept as stored (bf16): write one dtype, as loaders expect.
             merged = (copy.deepcopy(merged) if copy_before_merge else merged).to(torch.bfloat16)
-        with atomic_dir(out / "model", overwrite=True) as tmp:
+        with atomic_dir(rd.model, overwrite=True) as tmp:
             merged.save_pretrained(tmp)
             tok.save_pretrained(tmp)

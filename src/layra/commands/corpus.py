@@ -105,7 +105,11 @@ def register(sub) -> None:
     )
     p.set_defaults(func=lambda args: p.print_help() or 2)
     csub = p.add_subparsers(dest="corpus_command", metavar="SOURCE")
+    for add in (_add_debian, _add_files, _add_hf):
+        add(csub)
 
+
+def _add_debian(csub) -> None:
     d = subparser(
         csub,
         "debian",
@@ -129,6 +133,8 @@ def register(sub) -> None:
     _common(d, min_words=5)
     d.set_defaults(func=_debian)
 
+
+def _add_files(csub) -> None:
     f = subparser(
         csub,
         "files",
@@ -143,6 +149,8 @@ def register(sub) -> None:
     _common(f, min_words=0)
     f.set_defaults(func=_files)
 
+
+def _add_hf(csub) -> None:
     h = subparser(
         csub,
         "hf",

@@ -62,9 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from layra.config import METHODS
     from layra.demo import DemoSettings, run_demo
     from layra.errors import LayraError
+    from layra.method_registry import METHODS
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     bad = [m for m in methods if m not in METHODS]

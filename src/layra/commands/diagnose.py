@@ -14,10 +14,8 @@ from layra.errors import require
 def _run_tokenizer(args) -> int:
     from layra.atomic import atomic_write_json, atomic_write_text, check_writable
     from layra.commands.lens import read_texts
-    from layra.diagnose import diagnose_tokenizer, markdown_table
-    from layra.lens import text_sha256
+    from layra.diagnose import diagnose_tokenizer, diagnosis_record, markdown_table
     from layra.models import load_tokenizer
-    from layra.provenance import provenance
 
     require(
         0 < args.min_char_ratio < 1,
@@ -53,18 +51,7 @@ def _run_tokenizer(args) -> int:
     if args.markdown:
         atomic_write_text(args.markdown, table)
     if args.out:
-        record = {
-            "format": "layra-tokenizer-diagnosis",
-            "version": 1,
-            "model": args.model,
-            **report,
-            "texts": {
-                lang: {"path": str(p), "sha256": text_sha256(text)}
-                for lang, (p, text) in sources.items()
-            },
-            "provenance": provenance(),
-        }
-        atomic_write_json(args.out, record)
+        atomic_write_json(args.out, diagnosis_record(args.model, report, sources))
     flagged = [lang for lang, r in report["languages"].items() if r["flagged"]]
     if flagged:
         print(f"fragmented by this tokenizer: {', '.join(flagged)}")

@@ -27,7 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     whats = p.add_subparsers(dest="eval_command", metavar="WHAT")
     p.set_defaults(func=lambda args: p.print_help() or 2)
+    _add_bpb(whats)
+    _add_tasks(whats)
 
+
+def _add_bpb(whats) -> None:
     b = subparser(
         whats,
         "bpb",
@@ -59,6 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(b)
     b.set_defaults(func=run_bpb)
 
+
+def _add_tasks(whats) -> None:
     t = subparser(
         whats,
         "tasks",

@@ -1,11 +1,12 @@
 """``layra lens``: logit-lens language profile of a model, and k/m suggested from it.
 
-layra lens MODEL --text eng=en.txt --text glg=gl.txt --out lens.json --heatmap lens.png
+layra lens profile MODEL --text eng=en.txt --text glg=gl.txt --out lens.json --heatmap lens.png
 layra lens suggest lens.json
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from pathlib import Path
@@ -14,9 +15,6 @@ from layra.cli import split_lang_path, subparser
 from layra.errors import LayraError, require
 
 _LANG = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
-
-USAGE = """layra lens MODEL --text LANG=PATH [--text LANG=PATH ...] --out PROFILE.json [--heatmap PNG] [options]
-       layra lens suggest PROFILE [--lang LANG ...] [--threshold T]"""
 
 
 def read_texts(specs: list[str] | None) -> dict[str, tuple[Path, str]]:
@@ -51,13 +49,39 @@ def _check_out(path: Path, overwrite: bool) -> None:
     check_writable(path)
 
 
+def _warn_empty(tmap) -> None:
+    for lang, size in tmap.sizes().items():
+        if size == 0:
+            print(
+                f"layra: warning: no token is distinctive of {lang}; its own-language mass is 0",
+                file=sys.stderr,
+            )
+
+
+def _suggestion(profile: dict):
+    """k, m and why, recorded in ``profile``; a profile without signal is still valid."""
+    from layra.lens import suggest_km
+
+    try:
+        k, m, why = suggest_km(profile)
+    except LayraError as e:
+        k = m = None
+        why = f"no suggestion: {e}"
+    profile["suggestion"] = {"k": k, "m": m, "explanation": why}
+    return k, m, why
+
+
 def _run_profile(args) -> int:
     from layra.atomic import atomic_write_bytes, atomic_write_json
-    from layra.lens import lens_profile, suggest_km
+    from layra.lens import lens_profile
     from layra.models import load_model
     from layra.provenance import provenance
     from layra.tokenlang import token_language_map
 
+    require(
+        args.unexpected is None,
+        f"unexpected argument {args.unexpected!r} (did you mean `layra lens suggest PROFILE`?)",
+    )
     require(args.out is not None, "give --out PROFILE.json")
     require(args.max_tokens >= 2, f"--max-tokens must be at least 2 (got {args.max_tokens})")
     require(args.window >= 2, f"--window must be at least 2 (got {args.window})")
@@ -79,12 +103,7 @@ def _run_profile(args) -> int:
     announce(prec)
     model, tok = load_model(args.model, dtype=prec.name)
     tmap = token_language_map(tok, texts, ratio=args.ratio, min_count=args.min_count)
-    for lang, size in tmap.sizes().items():
-        if size == 0:
-            print(
-                f"layra: warning: no token is distinctive of {lang}; its own-language mass is 0",
-                file=sys.stderr,
-            )
+    _warn_empty(tmap)
     profile = lens_profile(
         model,
         tok,
@@ -101,12 +120,7 @@ def _run_profile(args) -> int:
     }
     for lang, (path, _) in sources.items():
         profile["texts"][lang]["path"] = str(path)
-    try:
-        k, m, why = suggest_km(profile)
-    except LayraError as e:  # a profile without signal is still a valid profile
-        k = m = None
-        why = f"no suggestion: {e}"
-    profile["suggestion"] = {"k": k, "m": m, "explanation": why}
+    k, m, why = _suggestion(profile)
     atomic_write_json(out, profile)
     print(f"wrote {out}")
     if heatmap:
@@ -128,15 +142,15 @@ def _run_suggest(args) -> int:
     return 0
 
 
-def run(args) -> int:
-    """Dispatch ``layra lens suggest PROFILE`` versus ``layra lens MODEL ...``."""
-    if args.model == "suggest":
-        return _run_suggest(args)
-    require(
-        args.profile is None,
-        f"unexpected argument {args.profile!r} (did you mean `layra lens suggest PROFILE`?)",
-    )
-    return _run_profile(args)
+def legacy_argv(argv: list[str]) -> list[str]:
+    """``layra lens MODEL ...`` (from before ``lens profile`` existed) means ``lens profile``."""
+    if len(argv) >= 2 and argv[0] == "lens" and argv[1] not in ACTIONS:
+        if not argv[1].startswith("-"):
+            return ["lens", "profile", *argv[1:]]
+    return argv
+
+
+ACTIONS = ("profile", "suggest")
 
 
 def register(sub) -> None:
@@ -144,18 +158,39 @@ def register(sub) -> None:
         sub,
         "lens",
         help="logit-lens language profile per layer; `lens suggest` turns it into LayRA's k, m",
-        example="layra lens model-dir --text eng=texts/eng.txt --text glg=texts/glg.txt "
+        example="layra lens profile model-dir --text eng=texts/eng.txt --text glg=texts/glg.txt "
         "--out lens.json --heatmap lens.png && layra lens suggest lens.json",
         description="Logit lens: every layer's residual stream through the final norm and LM head; "
         "per layer and text language, the next-token probability mass on that language's tokens "
         "and on English tokens (token→language map from token frequencies in the texts, see "
-        "docs/lens.md). `layra lens suggest PROFILE` prints k and m for LayRA.",
+        "docs/lens.md). `layra lens suggest PROFILE` prints k and m for LayRA. "
+        "`layra lens MODEL ...` is short for `layra lens profile MODEL ...`.",
     )
-    p.usage = USAGE
-    p.add_argument(
-        "model", metavar="MODEL", help="model directory, .gguf file or hub id; or `suggest`"
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+    actions = p.add_subparsers(dest="lens_command", metavar="ACTION")
+    prof = subparser(
+        actions,
+        "profile",
+        "per layer and language, the next-token mass on that language's and English tokens",
+        "layra lens profile model-dir --text eng=texts/eng.txt --text glg=texts/glg.txt "
+        "--out lens.json --heatmap lens.png",
     )
-    p.add_argument("profile", nargs="?", metavar="PROFILE", help="(suggest) a profile JSON")
+    prof.add_argument("model", metavar="MODEL", help="model directory, .gguf file or hub id")
+    prof.add_argument("unexpected", nargs="?", help=argparse.SUPPRESS)
+    _add_profile_options(prof)
+    prof.set_defaults(func=_run_profile)
+    sug = subparser(
+        actions,
+        "suggest",
+        "LayRA's k and m from a profile (docs/lens.md, the k / m rule)",
+        "layra lens suggest lens.json",
+    )
+    sug.add_argument("profile", nargs="?", metavar="PROFILE", help="a profile JSON (lens profile)")
+    _add_suggest_options(sug)
+    sug.set_defaults(func=_run_suggest)
+
+
+def _add_profile_options(p) -> None:
     p.add_argument(
         "--text",
         action="append",
@@ -192,21 +227,23 @@ def register(sub) -> None:
     p.add_argument(
         "--dtype",
         default="auto",
-        choices=["auto", "fp32", "bf16", "float32", "bfloat16"],
+        type=lambda s: {"float32": "fp32", "bfloat16": "bf16"}.get(s, s),  # old spellings
+        choices=["auto", "fp32", "bf16"],
         help="weights dtype; auto (default): bf16 where this CPU multiplies bf16 fast, else fp32",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def _add_suggest_options(p) -> None:
     p.add_argument(
         "--lang",
         action="append",
         metavar="LANG",
-        help="(suggest) languages to base k, m on (default: all but English)",
+        help="languages to base k, m on (default: all but English)",
     )
     p.add_argument(
         "--threshold",
         type=float,
         default=0.5,
-        help="(suggest) relative own-language mass below which a layer is "
-        "language-general (default 0.5)",
+        help="relative own-language mass below which a layer is language-general (default 0.5)",
     )
-    p.set_defaults(func=run)

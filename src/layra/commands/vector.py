@@ -114,7 +114,11 @@ def register(sub) -> None:
     )
     p.set_defaults(func=lambda args: p.print_help() or 2)
     vs = p.add_subparsers(dest="vector_command", metavar="ACTION")
+    for add in (_add_extract, _add_diff, _add_apply, _add_combine, _add_show):
+        add(vs)
 
+
+def _add_extract(vs) -> None:
     e = subparser(
         vs,
         "extract",
@@ -138,6 +142,8 @@ def register(sub) -> None:
     e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     e.set_defaults(func=_extract)
 
+
+def _add_diff(vs) -> None:
     d = subparser(
         vs,
         "diff",
@@ -151,6 +157,8 @@ def register(sub) -> None:
     d.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     d.set_defaults(func=_diff)
 
+
+def _add_apply(vs) -> None:
     a = subparser(
         vs,
         "apply",
@@ -187,6 +195,8 @@ def register(sub) -> None:
     a.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     a.set_defaults(func=_apply)
 
+
+def _add_combine(vs) -> None:
     c = subparser(
         vs,
         "combine",
@@ -203,6 +213,8 @@ def register(sub) -> None:
     c.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     c.set_defaults(func=_combine)
 
+
+def _add_show(vs) -> None:
     s = subparser(
         vs, "show", "print a vector's manifest summary and tensors", "layra vector show vectors/gl"
     )

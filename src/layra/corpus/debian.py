@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -174,6 +175,52 @@ def _read_source(
     return read_wesnoth(locale_dirs, ["eng", *[c for c in langs if c != "eng"]])
 
 
+def _fetch(source: str, langs: list[str], cache: Path):
+    """The source's packages for ``langs``, downloaded (or cached) and unpacked."""
+    names = source_packages(source, langs)
+    return [
+        apt.fetch_package(n, cache, _PATTERNS[source])
+        for n in tqdm(names, desc=f"{source}: fetch + unpack", unit="pkg")
+    ]
+
+
+def _warn_missing(source: str, raw: dict[str, list[Document]], langs: list[str]) -> None:
+    for lang in langs:
+        if lang not in raw:
+            print(
+                f"layra: warning: {source} has no {LANGS[lang].name} text; skipped",
+                file=sys.stderr,
+            )
+
+
+@dataclass
+class _Read:
+    """Cleaned documents per source and language, and what the corpus records about them."""
+
+    texts: dict[str, dict[str, list[Document]]] = field(default_factory=dict)
+    dropped: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    packages: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    licenses: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, dict[str, int]] = field(default_factory=dict)  # English doc sizes
+
+
+def _read_sources(sources: list[str], langs: list[str], cache: Path, min_words: int) -> _Read:
+    read = _Read()
+    for source in sources:
+        pkgs = _fetch(source, langs, cache)
+        read.packages[source] = [{"name": p.name, "version": p.version} for p in pkgs]
+        read.licenses.update(license_texts(pkgs))
+        raw = _read_source(source, pkgs, langs)
+        _warn_missing(source, raw, langs)
+        cleaned, drops = clean_languages(raw, reference="eng", min_words=min_words)
+        # The English original decides the split, whichever languages are asked for.
+        read.sizes[source] = {d.doc_id: d.chars for d in cleaned["eng"]}
+        keep = [c for c in langs if c in cleaned]
+        read.texts[source] = {c: cleaned[c] for c in keep}
+        read.dropped[source] = {c: drops[c] for c in keep}
+    return read
+
+
 def build_debian_corpus(
     langs: list[str] | str,
     out: Path | str,
@@ -208,44 +255,12 @@ def build_debian_corpus(
     if reuse_existing(out, request, overwrite):
         print(f"corpus {out} already built with these settings; reusing it (--overwrite rebuilds)")
         return out
-    texts: dict[str, dict[str, list[Document]]] = {}
-    dropped: dict[str, dict[str, dict[str, int]]] = {}
-    packages: dict[str, list[dict[str, str]]] = {}
-    licenses: dict[str, str] = {}
-    sizes: dict[str, dict[str, int]] = {}
-    for source in sources:
-        names = source_packages(source, langs)
-        pkgs = [
-            apt.fetch_package(n, cache, _PATTERNS[source])
-            for n in tqdm(names, desc=f"{source}: fetch + unpack", unit="pkg")
-        ]
-        packages[source] = [{"name": p.name, "version": p.version} for p in pkgs]
-        licenses.update(license_texts(pkgs))
-        raw = _read_source(source, pkgs, langs)
-        for lang in langs:
-            if lang not in raw:
-                print(
-                    f"layra: warning: {source} has no {LANGS[lang].name} text; skipped",
-                    file=sys.stderr,
-                )
-        cleaned, drops = clean_languages(raw, reference="eng", min_words=min_words)
-        # The English original decides the split, whichever languages are asked for.
-        sizes[source] = {d.doc_id: d.chars for d in cleaned["eng"]}
-        keep = [c for c in langs if c in cleaned]
-        texts[source] = {c: cleaned[c] for c in keep}
-        dropped[source] = {c: drops[c] for c in keep}
+    read = _read_sources(sources, langs, cache, min_words)
     write_corpus(
-        out,
-        texts,
-        request,
-        heldout_fraction=heldout_fraction,
-        seed=seed,
-        dropped=dropped,
-        packages=packages,
-        licenses=licenses,
-        sizes=sizes,
+        out, read.texts, request, heldout_fraction=heldout_fraction, seed=seed,
+        dropped=read.dropped, packages=read.packages, licenses=read.licenses, sizes=read.sizes,
         overwrite=overwrite,
-    )
+    )  # fmt: skip
     print("\n".join(summary_lines(out)))
     print(f"wrote {out}")
     return out

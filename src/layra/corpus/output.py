@@ -79,6 +79,18 @@ def _stats(docs: list[Document], text: str) -> dict[str, Any]:
     }
 
 
+def _write_split(tmp: Path, name: str, lang: str, split: Split) -> dict[str, Any]:
+    """``NAME/LANG/{train,heldout}.txt`` under ``tmp``; their manifest entries."""
+    lang_dir = tmp / name / lang
+    lang_dir.mkdir(parents=True)
+    info: dict[str, Any] = {}
+    for part, docs in (("train", split.train), ("heldout", split.heldout)):
+        text = _text(docs)
+        (lang_dir / f"{part}.txt").write_text(text, encoding="utf-8")
+        info[part] = {"path": f"{name}/{lang}/{part}.txt", **_stats(docs, text)}
+    return info
+
+
 def write_corpus(
     out: Path,
     sources: dict[str, dict[str, list[Document]]],
@@ -126,13 +138,7 @@ def write_corpus(
         for name, langs in splits.items():
             entry: dict[str, Any] = {"packages": (packages or {}).get(name, []), "languages": {}}
             for lang, split in langs.items():
-                lang_dir = tmp / name / lang
-                lang_dir.mkdir(parents=True)
-                info: dict[str, Any] = {}
-                for part, docs in (("train", split.train), ("heldout", split.heldout)):
-                    text = _text(docs)
-                    (lang_dir / f"{part}.txt").write_text(text, encoding="utf-8")
-                    info[part] = {"path": f"{name}/{lang}/{part}.txt", **_stats(docs, text)}
+                info = _write_split(tmp, name, lang, split)
                 info["dropped"] = {**(dropped or {}).get(name, {}).get(lang, {}), **split.dropped}
                 entry["languages"][lang] = info
                 entry["heldout_documents"] = split.heldout_ids

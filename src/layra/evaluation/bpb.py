@@ -225,6 +225,51 @@ def window_nll(
     return per_row
 
 
+def _check_sizes(model: nn.Module, seq_len: int, batch_size: int) -> None:
+    require(batch_size >= 1, f"--batch-size must be at least 1, got {batch_size}")
+    config = unwrap(model).config
+    max_pos = getattr(
+        getattr(config, "text_config", None) or config, "max_position_embeddings", None
+    )
+    require(
+        max_pos is None or seq_len <= max_pos,
+        f"--seq-len {seq_len} exceeds the model's maximum of {max_pos} positions",
+    )
+
+
+def _all_windows(doc_ids: list[list[int]], seq_len: int, start: int):
+    """Every document's windows as ``(doc, ids, n scored)``, longest first (batches pad little)."""
+    windows = [
+        (d, ids, n)
+        for d, doc in enumerate(doc_ids)
+        for ids, n in document_windows(doc, seq_len, start)
+    ]
+    windows.sort(key=lambda w: -len(w[1]))  # stable: ties keep document order
+    return windows
+
+
+def _bar(batches, lang: str, show: bool):
+    if not show:
+        return batches
+    from tqdm.auto import tqdm
+
+    return tqdm(batches, desc=f"bpb {lang}", unit="batch", leave=False)
+
+
+def _batch(group, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Windows ``(doc, ids, n scored)`` padded on the right: (ids, attention mask, scored mask);
+    a window's last ``n`` tokens are the ones it scores."""
+    width = len(group[0][1])
+    ids = torch.full((len(group), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(group), width), dtype=torch.long)
+    sc = torch.zeros((len(group), width), dtype=torch.bool)
+    for r, (_, w_ids, n) in enumerate(group):
+        ids[r, : len(w_ids)] = torch.tensor(w_ids)
+        att[r, : len(w_ids)] = 1
+        sc[r, len(w_ids) - n : len(w_ids)] = True
+    return ids, att, sc
+
+
 def bits_per_byte(
     model: nn.Module,
     tok,
@@ -241,49 +286,30 @@ def bits_per_byte(
     Deterministic; the result does not depend on ``batch_size`` or on the other
     documents beyond float rounding.
     """
-    require(batch_size >= 1, f"--batch-size must be at least 1, got {batch_size}")
-    max_pos = getattr(getattr(unwrap(model).config, "text_config", None) or unwrap(model).config,
-                      "max_position_embeddings", None)  # fmt: skip
-    require(
-        max_pos is None or seq_len <= max_pos,
-        f"--seq-len {seq_len} exceeds the model's maximum of {max_pos} positions",
-    )
+    _check_sizes(model, seq_len, batch_size)
     t0 = time.perf_counter()
     start = start_id(tok)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else start
     doc_ids, mismatches = tokenize_documents(tok, text.docs)
-    windows = [
-        (d, ids, n)
-        for d, doc in enumerate(doc_ids)
-        for ids, n in document_windows(doc, seq_len, start)
-    ]
-    windows.sort(key=lambda w: -len(w[1]))  # stable: ties keep document order
+    windows = _all_windows(doc_ids, seq_len, start)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     doc_nll = torch.zeros(len(doc_ids), dtype=torch.float64)
-    batches = range(0, len(windows), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc=f"bpb {text.lang}", unit="batch", leave=False)
+    batches = _bar(range(0, len(windows), batch_size), text.lang, progress)
     try:
         for b in batches:
             group = windows[b : b + batch_size]
-            width = len(group[0][1])
-            ids = torch.full((len(group), width), pad_id, dtype=torch.long)
-            att = torch.zeros((len(group), width), dtype=torch.long)
-            sc = torch.zeros((len(group), width), dtype=torch.bool)
-            for r, (_, w_ids, n) in enumerate(group):
-                ids[r, : len(w_ids)] = torch.tensor(w_ids)
-                att[r, : len(w_ids)] = 1
-                sc[r, len(w_ids) - n : len(w_ids)] = True
-            nll = window_nll(model, ids.to(device), att.to(device), sc.to(device), compute_dtype)
+            ids, att, sc = (x.to(device) for x in _batch(group, pad_id))
+            nll = window_nll(model, ids, att, sc, compute_dtype)
             doc_nll.index_add_(0, torch.tensor([d for d, _, _ in group]), nll)
     finally:
         model.train(was_training)
     n_tokens = sum(len(d) for d in doc_ids)
-    assert sum(n for _, _, n in windows) == n_tokens, "every token is scored exactly once"
+    # The windowing promises every token scored exactly once; a bpb without that is wrong.
+    require(
+        sum(n for _, _, n in windows) == n_tokens, "internal: windows do not score every token once"
+    )
     total_nll = float(doc_nll.sum())
     return BpbResult(
         lang=text.lang,

@@ -3,7 +3,7 @@
 lm-eval's Galician, Catalan, Spanish, CoQA and XQuAD task helpers do
 ``import transformers.data.metrics.squad_metrics``; transformers 5 removed that
 module, so merely indexing ``xnli_gl`` or ``paws_gl`` fails with ``No module named
-'transformers.data.metrics'`` (SPEC, "Peers measured here"). We register a
+'transformers.data.metrics'`` (seen with lm-eval 0.4.13 and transformers 5.x). We register a
 stand-in holding the two functions those helpers call, ported from the SQuAD v2
 evaluation script that transformers 4 shipped, before lm-eval loads any task.
 """

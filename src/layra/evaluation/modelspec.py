@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from layra.errors import LayraError, require
+from layra.rundir import RunDir, RunRecord
 
 
 @dataclass(frozen=True)
@@ -90,27 +91,7 @@ def parse_model_spec(text: str) -> ModelSpec:
 
 def is_run_dir(path: str | Path) -> bool:
     """A layra run directory: has ``config.yaml`` or ``run.json`` but no ``config.json``."""
-    p = Path(path)
-    return (
-        p.is_dir()
-        and not (p / "config.json").exists()
-        and ((p / "run.json").exists() or (p / "config.yaml").exists())
-    )
-
-
-def _read_run(run: Path) -> dict[str, Any]:
-    meta_path = run / "run.json"
-    require(
-        meta_path.is_file(),
-        f"run {run} is unfinished (no run.json); finish it with `layra train ... --resume`",
-    )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise LayraError(f"cannot read {meta_path}: {e}") from e
-    require(meta.get("status") == "complete", f"run {run} is not complete (run.json status)")
-    require(bool(meta.get("base_model")), f"{meta_path} names no base_model")
-    return meta
+    return RunDir(path).looks_like_run()
 
 
 def _resolve_base(base: str, run: Path) -> str:
@@ -121,17 +102,17 @@ def _resolve_base(base: str, run: Path) -> str:
     return str(beside) if beside.exists() else base
 
 
-def _check_base(model, tok, meta: dict[str, Any], run: Path) -> None:
+def _check_base(model, tok, meta: RunRecord, run: Path) -> None:
     """Refuse a base that is not the one the run trained from; warn if only weights differ."""
     from layra.fingerprint import model_fingerprint
 
-    want = meta.get("base_fingerprint") or {}
+    want = meta.base_fingerprint or {}
     if not want:
         return
     got = model_fingerprint(model, tok)
     require(
         got["arch"] == want.get("arch"),
-        f"base model {meta['base_model']} does not match run {run} (architecture or tokenizer "
+        f"base model {meta.base_model} does not match run {run} (architecture or tokenizer "
         f"fingerprint {got['arch']} != {want.get('arch')})",
     )
     if want.get("weights") and got["weights"] != want["weights"]:
@@ -161,18 +142,6 @@ def _load_trained_tensors(model, path: Path) -> None:
             p.copy_(t.to(p.dtype))
 
 
-def _run_seed(run: Path) -> int | None:
-    """The run's training seed (``train.seed`` of its config.yaml), None if unknown."""
-    import yaml
-
-    try:
-        cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return None
-    seed = (cfg.get("train") or {}).get("seed") if isinstance(cfg, dict) else None
-    return seed if isinstance(seed, int) else None
-
-
 def weights_dtype(model_dir: str | Path, dtype: str, gguf_file: str | None = None) -> str:
     """The dtype to hold a model's weights in when evaluation computes in ``dtype``.
 
@@ -181,8 +150,6 @@ def weights_dtype(model_dir: str | Path, dtype: str, gguf_file: str | None = Non
     would change the model and its fingerprint, and vectors and runs are checked
     against the fingerprint of the weights they were trained from.
     """
-    import json
-
     if str(dtype).replace("torch.", "") in ("fp32", "float32") or gguf_file:
         return "float32"
     cfg = Path(model_dir).expanduser() / "config.json"
@@ -202,38 +169,40 @@ def load_run(run: str | Path, dtype: str = "float32") -> tuple[Any, Any, dict[st
     """
     from layra.models import load_model
 
-    run = Path(run)
-    meta = _read_run(run)
+    rd = RunDir(run)
+    run = rd.path
+    meta = rd.read_record()
     info = {
         "run": str(run),
-        "method": meta.get("method"),
-        "languages": meta.get("languages"),
-        "base_model": meta["base_model"],
-        "gguf_file": meta.get("gguf_file"),
-        "seed": _run_seed(run),
+        "method": meta.method,
+        "languages": meta.languages,
+        "base_model": meta.base_model,
+        "gguf_file": meta.gguf_file,
+        "seed": rd.seed(),
     }
-    if (run / "model" / "config.json").is_file():
-        model, tok = load_model(str(run / "model"), dtype=weights_dtype(run / "model", dtype))
+    if (rd.model / "config.json").is_file():
+        model, tok = load_model(str(rd.model), dtype=weights_dtype(rd.model, dtype))
         info["loaded"] = "model/"
         return model, tok, info
-    base_ref = _resolve_base(meta["base_model"], run)
-    wdt = weights_dtype(base_ref, dtype, meta.get("gguf_file"))
-    base, tok = load_model(base_ref, meta.get("gguf_file"), wdt)
+    if not rd.outputs():
+        raise LayraError(f"run {run} has neither model/, adapter/ nor trained.safetensors")
+    base_ref = _resolve_base(meta.base_model, run)
+    wdt = weights_dtype(base_ref, dtype, meta.gguf_file)
+    base, tok = load_model(base_ref, meta.gguf_file, wdt)
     _check_base(base, tok, meta, run)
-    if (run / "adapter").is_dir():
+    kind, artifact = rd.artifact()
+    if kind == "adapter":
         from peft import PeftModel
 
         try:
-            model = PeftModel.from_pretrained(base, str(run / "adapter"))
+            model = PeftModel.from_pretrained(base, str(artifact))
         except (OSError, ValueError, KeyError, RuntimeError) as e:
-            raise LayraError(f"cannot load adapter {run / 'adapter'}: {e}") from e
+            raise LayraError(f"cannot load adapter {artifact}: {e}") from e
         info["loaded"] = "adapter/"
         return model, tok, info
-    if (run / "trained.safetensors").is_file():
-        _load_trained_tensors(base, run / "trained.safetensors")
-        info["loaded"] = "trained.safetensors"
-        return base, tok, info
-    raise LayraError(f"run {run} has neither model/, adapter/ nor trained.safetensors")
+    _load_trained_tensors(base, artifact)
+    info["loaded"] = artifact.name  # trained.safetensors
+    return base, tok, info
 
 
 def load_spec(spec: ModelSpec | str, dtype: str = "float32") -> LoadedModel:
@@ -254,7 +223,8 @@ def load_spec(spec: ModelSpec | str, dtype: str = "float32") -> LoadedModel:
         info = {"source": "model", "path": spec.model}
     handle = None
     if spec.vectors:
-        apply_to_model = _vector_api()
+        from layra.vectors.apply import apply_to_model
+
         for v in spec.vectors:
             require(Path(v.path).expanduser().exists(), f"vector {v.path} does not exist")
         # Same defaults as `layra vector apply` (no rows protected: Eq. 1-3), so
@@ -263,17 +233,6 @@ def load_spec(spec: ModelSpec | str, dtype: str = "float32") -> LoadedModel:
         info["vectors"] = [{"path": v.path, "lambda": v.lam} for v in spec.vectors]
     model.eval()
     return LoadedModel(model=model, tok=tok, spec=spec, info=info, vector_handle=handle)
-
-
-def _vector_api():
-    try:
-        from layra.vectors import apply_to_model
-    except ImportError:
-        try:
-            from layra.vectors.apply import apply_to_model
-        except ImportError as e:
-            raise LayraError(f"MODEL+VEC needs layra.vectors, which is not available ({e})") from e
-    return apply_to_model
 
 
 def evaluated_fingerprint(model, tok) -> dict[str, str]:

@@ -1,12 +1,14 @@
 """Tables → PNG: the learning-versus-retention trade-off and per-language bars.
 
-Uses matplotlib's object API with the Agg canvas (no pyplot, no global backend
-state), so it runs headless and inside other programs.
+As in layra.sweep.plots and layra.plots_lens, the ``*_png`` functions return PNG bytes
+and write nothing; ``plot_*`` write them atomically. Uses matplotlib's object API with
+the Agg canvas (no pyplot, no global backend state), so it runs headless and inside
+other programs.
 """
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 from layra.evaluation.report import Table
@@ -21,17 +23,17 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: str | Path) -> Path:
-    """Write the PNG beside ``path`` first, then rename: never a half-written image."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _write(data: bytes, path: str | Path) -> Path:
+    from layra.atomic import atomic_write_bytes
+
+    atomic_write_bytes(path, data)  # never a half-written image
+    return Path(path)
 
 
 def _unit(table: Table) -> str:
@@ -39,6 +41,16 @@ def _unit(table: Table) -> str:
 
 
 def plot_tradeoff(table: Table, path: str | Path) -> Path:
+    """:func:`tradeoff_png` written to ``path`` (atomically); returns ``path``."""
+    return _write(tradeoff_png(table), path)
+
+
+def plot_bars(table: Table, path: str | Path) -> Path:
+    """:func:`bars_png` written to ``path`` (atomically); returns ``path``."""
+    return _write(bars_png(table), path)
+
+
+def tradeoff_png(table: Table) -> bytes:
     """Scatter of Retention Δ (x) against Learning Δ (y), one labelled point per model.
 
     The base sits at the origin; up is learning more, right is forgetting less.
@@ -59,10 +71,10 @@ def plot_tradeoff(table: Table, path: str | Path) -> Path:
     ax.set_ylabel(f"Learning Δ ({unit}, positive = better)")
     ax.set_title(f"{table.benchmark}: learning vs retention (vs {table.base})")
     fig.tight_layout()
-    return _save(fig, path)
+    return _png(fig)
 
 
-def plot_bars(table: Table, path: str | Path) -> Path:
+def bars_png(table: Table) -> bytes:
     """Grouped bars: one group per language (and Avg), one bar per model."""
     fig = _figure(max(6, 1.2 * (len(table.langs) + 1) + 2), 4.5)
     ax = fig.add_subplot()
@@ -85,4 +97,4 @@ def plot_bars(table: Table, path: str | Path) -> Path:
     ax.set_title(f"{table.benchmark} per language")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return _png(fig)

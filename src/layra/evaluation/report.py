@@ -203,17 +203,10 @@ def bootstrap_deltas(
     return interval(lambda la: la in new), interval(lambda la: la not in new)
 
 
-def build_table(
-    records: list[dict[str, Any]], base: str, new: dict[str | None, tuple[str, ...]]
-) -> Table:
-    """One benchmark's table from its records (all of the same ``benchmark``)."""
-    bench = records[0]["benchmark"]
-    metrics = sorted({r["metric"] for r in records})
-    require(len(metrics) == 1, f"{bench}: records mix metrics {', '.join(metrics)}")
-    higher = bool(records[0]["higher_is_better"])
-    scale, unit = _scale(metrics[0])
+def _cells(records: list[dict[str, Any]]):
+    """(name, seed, lang) -> the newest record, and notes on the records it superseded."""
     notes: list[str] = []
-    cells: dict[tuple[str, Any, str], dict[str, Any]] = {}  # (name, seed, lang) -> record
+    cells: dict[tuple[str, Any, str], dict[str, Any]] = {}
     for rec in sorted(records, key=_created):  # newest last, so it wins
         cell = (rec["model"]["name"], _seed(rec), rec["lang"])
         if cell in cells:
@@ -221,6 +214,11 @@ def build_table(
             notes.append(f"{cell[0]}{seed} {cell[2]}: record {cells[cell]['key']} superseded "
                          f"by newer {rec['key']}")  # fmt: skip
         cells[cell] = rec
+    return cells, notes
+
+
+def _comparable_by_lang(bench: str, cells) -> dict[str, set[tuple[str, str]]]:
+    """Per language, the (data, settings) of its records; refuses a language with several."""
     by_lang: dict[str, set[tuple[str, str]]] = {}
     for (_, _, lang), rec in cells.items():
         by_lang.setdefault(lang, set()).add(_comparable(rec))
@@ -231,6 +229,20 @@ def build_table(
                 f"{bench} {lang}: records were computed on different data or settings and "
                 f"cannot be compared: {', '.join(names)}"
             )
+    return by_lang
+
+
+def build_table(
+    records: list[dict[str, Any]], base: str, new: dict[str | None, tuple[str, ...]]
+) -> Table:
+    """One benchmark's table from its records (all of the same ``benchmark``)."""
+    bench = records[0]["benchmark"]
+    metrics = sorted({r["metric"] for r in records})
+    require(len(metrics) == 1, f"{bench}: records mix metrics {', '.join(metrics)}")
+    higher = bool(records[0]["higher_is_better"])
+    scale, unit = _scale(metrics[0])
+    cells, notes = _cells(records)
+    by_lang = _comparable_by_lang(bench, cells)
     names = sorted({n for n, _, _ in cells})
     if base not in names:
         raise LayraError(f"base {base!r} has no {bench} results; models: {', '.join(names)}")

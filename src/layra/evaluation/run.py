@@ -132,22 +132,8 @@ def run_bpb(
         res = bits_per_byte(
             loaded.model, loaded.tok, text, seq_len, batch_size, parse_dtype(dt), progress
         )
-        record = {
-            "key": key,
-            "kind": "bpb",
-            "benchmark": "bpb",
-            "lang": text.lang,
-            "metric": "bpb",
-            "value": res.bpb,
-            "higher_is_better": False,
-            "model": model,
-            "data": {"sha256": text.sha256, "path": text.path, "bytes": text.n_bytes,
-                     "docs": len(text.docs), "max_bytes": max_bytes, "truncated": text.truncated},
-            "settings": {**settings, "batch_size": batch_size},
-            "identity": ident,
-            "details": res.to_dict(),
-            "provenance": provenance(seed=None, precision=_precision_record(dtype)),
-        }  # fmt: skip
+        record = _bpb_record(ident, model, text, res, max_bytes,
+                             {**settings, "batch_size": batch_size}, dtype)  # fmt: skip
         store.put(record)
         say(
             f"{text.lang}: bpb {res.bpb:.4f}  ({res.n_bytes:,} bytes, {res.n_tokens:,} tokens, "
@@ -155,6 +141,58 @@ def run_bpb(
         )
         out.append(record)
     return out
+
+
+def _bpb_record(ident, model, text, res, max_bytes, settings, dtype: str) -> dict[str, Any]:
+    """The stored record of one bpb result (docs/evaluation.md)."""
+    return {
+        "key": record_key(ident),
+        "kind": "bpb",
+        "benchmark": "bpb",
+        "lang": text.lang,
+        "metric": "bpb",
+        "value": res.bpb,
+        "higher_is_better": False,
+        "model": model,
+        "data": {"sha256": text.sha256, "path": text.path, "bytes": text.n_bytes,
+                 "docs": len(text.docs), "max_bytes": max_bytes, "truncated": text.truncated},
+        "settings": settings,
+        "identity": ident,
+        "details": res.to_dict(),
+        "provenance": provenance(seed=None, precision=_precision_record(dtype)),
+    }  # fmt: skip
+
+
+def _try_task(lm, tm, ref, limit: int | None, failures: list[str]) -> dict[str, Any] | None:
+    """One task's result, or None with the failure added to ``failures`` and said."""
+    try:
+        return T.run_task(lm, tm, ref, limit, TASK_SEED)
+    except Exception as e:  # one task's data or code failing must not stop the rest
+        if os.environ.get("LAYRA_DEBUG"):
+            raise
+        msg = (str(e).strip().splitlines() or [""])[0]
+        failures.append(f"{ref.task} ({type(e).__name__}: {msg})")
+        print(f"layra: {ref.task} failed: {type(e).__name__}: {msg}", file=sys.stderr)
+        return None
+
+
+def _task_record(ident, model, ref, data, res, settings, dtype: str) -> dict[str, Any]:
+    """The stored record of one lm-eval task result (docs/evaluation.md)."""
+    return {
+        "key": record_key(ident),
+        "kind": "task",
+        "benchmark": ref.family,
+        "lang": ref.lang,
+        "metric": res["metric"],
+        "value": res["value"],
+        "higher_is_better": True,
+        "model": model,
+        "data": data,
+        "settings": settings,
+        "identity": ident,
+        "details": res,
+        "provenance": provenance(seed=TASK_SEED, precision=_precision_record(dtype)),
+    }
 
 
 def run_tasks(
@@ -202,30 +240,11 @@ def run_tasks(
         if lm is None:
             compute = torch.bfloat16 if dt == "bf16" else None
             lm = T.make_lm(loaded.model, loaded.tok, batch_size, compute)
-        try:
-            res = T.run_task(lm, tm, ref, limit, TASK_SEED)
-        except Exception as e:  # one task's data or code failing must not stop the rest
-            if os.environ.get("LAYRA_DEBUG"):
-                raise
-            msg = (str(e).strip().splitlines() or [""])[0]
-            failures.append(f"{ref.task} ({type(e).__name__}: {msg})")
-            print(f"layra: {ref.task} failed: {type(e).__name__}: {msg}", file=sys.stderr)
+        res = _try_task(lm, tm, ref, limit, failures)
+        if res is None:
             continue
-        record = {
-            "key": key,
-            "kind": "task",
-            "benchmark": ref.family,
-            "lang": ref.lang,
-            "metric": res["metric"],
-            "value": res["value"],
-            "higher_is_better": True,
-            "model": model,
-            "data": data,
-            "settings": {**settings, "batch_size": batch_size},
-            "identity": ident,
-            "details": res,
-            "provenance": provenance(seed=TASK_SEED, precision=_precision_record(dtype)),
-        }
+        record = _task_record(ident, model, ref, data, res, {**settings, "batch_size": batch_size},
+                              dtype)  # fmt: skip
         store.put(record)
         say(f"{ref.task}: {res['metric']} {res['value']:.4f}  (n={res['n_samples']})")
         out.append(record)

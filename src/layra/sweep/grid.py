@@ -91,7 +91,7 @@ class Point:
     def definition(self) -> dict[str, Any]:
         """What makes the point what it is (its marker hash covers this)."""
         if self.kind == "train":
-            assert self.run is not None
+            require(self.run is not None, f"internal: train point {self.name} has no run")
             return {"kind": "train", "run": to_dict(self.run)}
         return {
             "kind": self.kind,

@@ -15,6 +15,7 @@ from typing import Any
 
 from layra.config import to_dict
 from layra.errors import require
+from layra.rundir import RunDir
 from layra.sweep.grid import (
     UNSAFE_CHARS,
     GridConfig,
@@ -90,16 +91,36 @@ def _vector_dir(path: str, out: Path, grid: str, i: int, say: Say) -> str:
     return str(target)
 
 
+def _eval_identity(cfg: SweepConfig, texts: list[tuple[str, str]]) -> dict[str, Any]:
+    """What makes an evaluation the same one: the texts' hashes and every eval setting."""
+    from layra.evaluation.bpb import load_text
+
+    slices = [load_text(lang, path, cfg.eval.max_bytes) for lang, path in texts]
+    return {
+        "data": {s.lang: s.sha256 for s in slices},
+        **{k: v for k, v in dataclasses.asdict(cfg.eval).items() if k != "texts"},
+    }
+
+
+def _write_how_made(cfg: SweepConfig, out: Path) -> None:
+    """OUT/sweep.yaml (the resolved sweep config) and OUT/provenance.json."""
+    import yaml
+
+    from layra.atomic import atomic_write_json, atomic_write_text
+    from layra.provenance import provenance
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "sweep.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_json(out / "provenance.json", provenance())
+
+
 def run_sweep(cfg: SweepConfig, progress: bool = True, say: Say | None = None) -> dict[str, Any]:
     """Train, evaluate and report every point of ``cfg`` (skipping finished ones).
 
     Returns the summary also written to ``OUT/sweep.json``. Everything that can be
     checked without weights (configs, plans, texts) is checked before any work.
     """
-    import yaml
-
-    from layra.atomic import atomic_write_json, atomic_write_text
-    from layra.evaluation.bpb import load_text
+    from layra.atomic import atomic_write_json
     from layra.evaluation.langs import normalize_lang
     from layra.evaluation.store import ResultStore
     from layra.provenance import provenance
@@ -111,14 +132,8 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, say: Say | None = None) -
     out = Path(cfg.out)
     e = cfg.eval
     texts = [(normalize_lang(t.lang), t.path) for t in e.texts]
-    slices = [load_text(lang, path, e.max_bytes) for lang, path in texts]
-    eval_identity = {
-        "data": {s.lang: s.sha256 for s in slices},
-        **{k: v for k, v in dataclasses.asdict(e).items() if k != "texts"},
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "sweep.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    atomic_write_json(out / "provenance.json", provenance())
+    eval_identity = _eval_identity(cfg, texts)
+    _write_how_made(cfg, out)
     store = ResultStore(out / "results")
     markers = _Markers(out, eval_identity, store)
     say(
@@ -129,19 +144,9 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, say: Say | None = None) -
     def evaluate(p: Point, model_arg: str, extra: dict[str, Any], loaded=None) -> None:
         from layra.evaluation.run import run_bpb
 
-        recs = run_bpb(
-            model_arg,
-            texts,
-            store.root,
-            name=p.name,
-            seq_len=e.seq_len,
-            batch_size=e.batch_size,
-            dtype=e.dtype,
-            max_bytes=e.max_bytes,
-            progress=progress,
-            say=lambda m: say(f"  {m}"),
-            loaded=loaded,
-        )
+        recs = run_bpb(model_arg, texts, store.root, name=p.name, seq_len=e.seq_len,
+                       batch_size=e.batch_size, dtype=e.dtype, max_bytes=e.max_bytes,
+                       progress=progress, say=lambda m: say(f"  {m}"), loaded=loaded)  # fmt: skip
         markers.mark(p, extra, recs)
 
     for p in points:
@@ -150,7 +155,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, say: Say | None = None) -
         elif p.kind == "train":
             _train_point(p, progress, say)
             # A run trained again (another run.json) is evaluated again.
-            extra = {"run": _file_hash(Path(p.run.output_dir) / "run.json")}
+            extra = {"run": _file_hash(RunDir(p.run.output_dir).run_json)}
             if not _skip(say, p, markers, extra):
                 evaluate(p, p.run.output_dir, extra)
     for g in cfg.grids:
@@ -174,16 +179,13 @@ def _skip(say: Say, p: Point, markers: _Markers, extra: dict[str, Any]) -> bool:
 
 def _train_point(p: Point, progress: bool, say: Say) -> None:
     """Train a point's run unless it finished before with the same settings."""
-    import yaml
-
     from layra.train import train
 
-    assert p.run is not None
-    run_dir = Path(p.run.output_dir)
-    if (run_dir / "run.json").is_file():
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-        now = to_dict(p.run)
-        differ = [k for k in ("model", "method", "data", "train") if saved.get(k) != now.get(k)]
+    require(p.run is not None, f"internal: sweep point {p.name} has no run to train")
+    rd = RunDir(p.run.output_dir)
+    run_dir = rd.path
+    if rd.is_complete():
+        differ = rd.differing_settings(p.run, ("model", "method", "data", "train"))
         require(
             not differ,
             f"{p.name}: {run_dir} holds a finished run with other {', '.join(differ)} "
@@ -248,6 +250,20 @@ def _lambda_grid(cfg, g: GridConfig, points: list[Point], markers, evaluate, say
             handle.remove()
 
 
+def _point_summary(p: Point, row) -> dict[str, Any]:
+    """A point of sweep.json: what it is, and its row of the table (None: not evaluated)."""
+    measured = ("values", "learning", "retention", "seeds", "learning_ci", "retention_ci")
+    return {
+        "name": p.name,
+        "grid": p.grid,
+        "kind": p.kind,
+        "params": p.params,
+        "seed": p.seed,
+        "run_dir": p.run.output_dir if p.run else None,
+        **{k: getattr(row, k) if row is not None else None for k in measured},
+    }
+
+
 def _report(cfg: SweepConfig, points: list[Point], store, out: Path, say: Say) -> dict[str, Any]:
     """The table, CSV and plots of this sweep's points; the summary of every point."""
     from layra.atomic import atomic_write_bytes, atomic_write_text
@@ -289,23 +305,7 @@ def _report(cfg: SweepConfig, points: list[Point], store, out: Path, say: Say) -
         "base": cfg.eval.base_name,
         "new": list(new[None]),
         "langs": table.langs,
-        "points": [
-            {
-                "name": p.name,
-                "grid": p.grid,
-                "kind": p.kind,
-                "params": p.params,
-                "seed": p.seed,
-                "run_dir": p.run.output_dir if p.run else None,
-                "values": rows[p.name].values if p.name in rows else None,
-                "learning": rows[p.name].learning if p.name in rows else None,
-                "retention": rows[p.name].retention if p.name in rows else None,
-                "seeds": rows[p.name].seeds if p.name in rows else None,
-                "learning_ci": rows[p.name].learning_ci if p.name in rows else None,
-                "retention_ci": rows[p.name].retention_ci if p.name in rows else None,
-            }
-            for p in points
-        ],
+        "points": [_point_summary(p, rows.get(p.name)) for p in points],
         "report": [str(f) for f in files],
         "config": to_dict(cfg),
     }

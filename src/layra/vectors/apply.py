@@ -29,30 +29,22 @@ from layra.atomic import atomic_dir, atomic_write_json
 from layra.errors import LayraError
 from layra.fingerprint import sample_positions
 from layra.provenance import provenance
-from layra.vectors.arithmetic import FP32, add_lowrank_, concat_lowrank, zero_rows
+from layra.vectors.arithmetic import (
+    APPLY_CHUNK_BYTES,
+    FP32,
+    add_lowrank_,
+    concat_lowrank,
+    row_blocks,
+    zero_rows,
+)
 from layra.vectors.compat import Contribution, Target, check_start, plan
-from layra.vectors.format import Vector, load_vector
+from layra.vectors.format import Vector, VectorSpec, load_weighted
 from layra.vectors.protect import DEFAULT, as_index, default_spec, resolve_rows
 from layra.vectors.shards import StreamWriter, TensorInfo, copy_file, read_rows
 from layra.vectors.source import INDEX, LiveModel, ModelDir, open_model
 
 RECORD = "layra_vector_apply.json"
-CHUNK_BYTES = 16 << 20  # float32 bytes per block of rows: bounds peak memory, stays in
-# malloc's reusable range (larger blocks are fresh mmaps, paying page faults every time)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt")
-
-VectorSpec = tuple[Vector | str | Path, float]
-
-
-def _load(vectors: Sequence[VectorSpec]) -> list[tuple[Vector, float]]:
-    if not vectors:
-        raise LayraError("no vectors given")
-    out = []
-    for v, lam in vectors:
-        if not math.isfinite(lam):
-            raise LayraError(f"λ for {v} must be a finite number, not {lam}")
-        out.append((v if isinstance(v, Vector) else load_vector(v), float(lam)))
-    return out
 
 
 def applied_blocks(
@@ -61,7 +53,7 @@ def applied_blocks(
     read: Callable[[int, int], torch.Tensor],
     terms: Sequence[Contribution],
     protect: torch.Tensor | None,
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int = APPLY_CHUNK_BYTES,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """``(start, stop, new rows)`` of one weight with every term added, block by block.
 
@@ -77,9 +69,7 @@ def applied_blocks(
             # pass over the block however many vectors there are.
             fused = concat_lowrank([(lam * e.scale, *factors[id(e)]) for _, e, lam in lowrank])
             rest = [t for t in terms if t[1].kind != "lowrank"]
-    step = max(1, chunk_bytes // max(1, 4 * row_elems))
-    for start in range(0, max(rows, 1), step):
-        stop = min(rows, start + step) if rows else 1
+    for start, stop in row_blocks(max(rows, 1), row_elems, chunk_bytes):  # 0-d: one block
         base = read(start, stop)
         acc = base.to(FP32, copy=True)
         if fused is not None:
@@ -169,7 +159,7 @@ def apply_to_model(
     ``protect_rows`` (:mod:`layra.vectors.protect`): by default nothing for Eq. 1–3,
     special and chat-template rows for ``instruct``.
     """
-    weighted = _load(vectors)
+    weighted = load_weighted(vectors)
     src = LiveModel(model, tokenizer)
     arch = src.arch
     vocab = (f"{arch.embed_name}.weight", f"{arch.head_name}.weight")
@@ -271,7 +261,7 @@ def apply_to_dir(
     Raises :class:`LayraError` — leaving ``out`` untouched — for any refusal.
     """
     out = Path(out)
-    weighted = _load(vectors)
+    weighted = load_weighted(vectors)
     if out.exists() and not overwrite:
         raise LayraError(f"output {out} already exists (pass --overwrite to replace it)")
     if Path(model).exists() and out.resolve() == Path(model).resolve():
@@ -282,13 +272,7 @@ def apply_to_dir(
             src, weighted, out, instruct, force, protect_rows, max_shard_size, overwrite
         )
     samples = src.samples()
-    # Config and vocabulary read as JSON (no transformers import); a fingerprint that does
-    # not match a vector is recomputed the slow way before anything is refused.
-    fast = True
-    fp = src.fingerprint(samples, fast=True)
-    if any(v.start.get("arch") != fp["arch"] for v, _ in weighted):
-        fast = False
-        fp = src.fingerprint(samples)
+    fp, fast = _start_fingerprint(src, weighted, samples)
     target = Target(src.ref, src.shapes, src.dtypes, fp, _vocab_names(weighted), src.tied)
     terms = plan(weighted, target)  # first: its refusals (shape, vocabulary) are the specific ones
     matches = [check_start(v, target, instruct, force) for v, _ in weighted]
@@ -300,39 +284,12 @@ def apply_to_dir(
     layout = _layout(src, max_shard)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         previous = _copy_aux(src.path, tmp, {p.name for p in src.shards})
-        weight_map: dict[str, str] = {}
-        for fname, infos in layout:
-            weight_map.update((t.name, fname) for t in infos)
-            meta = src.metadata.get(fname) or {"format": "pt"}
-            if max_shard is None and not any(t.name in terms for t in infos):
-                copy_file(src.path / fname, tmp / fname)  # untouched shard: kernel copy
-                continue
-            planned = [(t.name, t.dtype, t.shape) for t in infos]
-            with StreamWriter(tmp / fname, planned, meta) as w:
-                for t in infos:
-                    if t.name not in terms:
-                        w.add_raw(t.name, t)
-                        continue
-                    w.begin(t.name, t.dtype, t.shape)
-                    prot = protect if t.name in target.vocab_names else None
-                    reader = _rows_reader(t)
-                    picked = _SamplePicker(t)
-                    for start, _, new in applied_blocks(
-                        t.rows if t.shape else 0,
-                        t.nbytes // t.dtype.itemsize // t.rows,
-                        reader,
-                        terms[t.name],
-                        prot,
-                    ):
-                        w.write(new)
-                        picked.add(start, new)
-                    samples[t.name] = picked.bytes()
+        copy_untouched = max_shard is None
+        weight_map = _write_shards(
+            src, tmp, layout, terms, target, protect, samples, copy_untouched
+        )
         if len(layout) > 1 or src.index is not None:
-            index = dict(src.index or {})
-            total = sum(t.nbytes for t in src.tensors.values())
-            index["metadata"] = {**index.get("metadata", {}), "total_size": total}
-            index["weight_map"] = dict(sorted(weight_map.items()))
-            atomic_write_json(tmp / INDEX, index)
+            _write_index(src, tmp, weight_map)
         record = _record(
             weighted, matches, target, instruct, rows, model_record=previous,
             protect_rows=_jsonable(spec),
@@ -342,6 +299,59 @@ def apply_to_dir(
         record["output_fingerprint"] = src.fingerprint(samples, fast=fast)
         atomic_write_json(tmp / RECORD, record)
     return record
+
+
+def _write_index(src: ModelDir, tmp: Path, weight_map: dict[str, str]) -> None:
+    """The sharded checkpoint's index, with the new weight map (metadata kept)."""
+    index = dict(src.index or {})
+    total = sum(t.nbytes for t in src.tensors.values())
+    index["metadata"] = {**index.get("metadata", {}), "total_size": total}
+    index["weight_map"] = dict(sorted(weight_map.items()))
+    atomic_write_json(tmp / INDEX, index)
+
+
+def _start_fingerprint(src: ModelDir, weighted, samples) -> tuple[dict[str, str], bool]:
+    """The model's fingerprint and whether the fast way gave it. Config and vocabulary are
+    read as JSON (no transformers import); a fingerprint that does not match a vector is
+    recomputed the slow way before anything is refused."""
+    fp = src.fingerprint(samples, fast=True)
+    if all(v.start.get("arch") == fp["arch"] for v, _ in weighted):
+        return fp, True
+    return src.fingerprint(samples), False
+
+
+def _write_shards(
+    src: ModelDir, tmp: Path, layout, terms, target: Target, protect, samples, copy_untouched: bool
+) -> dict[str, str]:
+    """Write each output shard, streaming every changed tensor a block of rows at a time;
+    return the weight map. ``samples`` gets the fingerprint samples of the changed tensors."""
+    weight_map: dict[str, str] = {}
+    for fname, infos in layout:
+        weight_map.update((t.name, fname) for t in infos)
+        meta = src.metadata.get(fname) or {"format": "pt"}
+        if copy_untouched and not any(t.name in terms for t in infos):
+            copy_file(src.path / fname, tmp / fname)  # untouched shard: kernel copy
+            continue
+        planned = [(t.name, t.dtype, t.shape) for t in infos]
+        with StreamWriter(tmp / fname, planned, meta) as w:
+            for t in infos:
+                if t.name not in terms:
+                    w.add_raw(t.name, t)
+                    continue
+                w.begin(t.name, t.dtype, t.shape)
+                prot = protect if t.name in target.vocab_names else None
+                picked = _SamplePicker(t)
+                for start, _, new in applied_blocks(
+                    t.rows if t.shape else 0,
+                    t.nbytes // t.dtype.itemsize // t.rows,
+                    _rows_reader(t),
+                    terms[t.name],
+                    prot,
+                ):
+                    w.write(new)
+                    picked.add(start, new)
+                samples[t.name] = picked.bytes()
+    return weight_map
 
 
 def _protected_rows(spec, vocab: int, src: ModelDir) -> list[int]:

@@ -5,18 +5,31 @@ with ``A: (r, in)`` and ``B: (out, r)``. Low-rank deltas stay factored: they are
 materialised a block of rows at a time, only when added to a weight, and a
 weighted sum of low-rank deltas is again low-rank (factors concatenated), so
 combining is exact — unlike PEFT's ``add_weighted_adapter(..., "linear")``,
-which mixes A and B separately and so adds cross terms (SPEC, pitfalls).
+which mixes A and B separately and so adds cross terms (``ΣB_i @ ΣA_j``, i ≠ j).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
 from layra.errors import LayraError
 
 FP32 = torch.float32
+# float32 bytes per block of rows, the unit every streaming pass works in. Applying: 16 MiB
+# bounds peak memory and stays in malloc's reusable range (larger blocks are fresh mmaps,
+# paying page faults every time). Writing a delta (extract, combine): 64 MiB.
+APPLY_CHUNK_BYTES = 16 << 20
+WRITE_CHUNK_BYTES = 64 << 20
+
+
+def row_blocks(rows: int, row_elems: int, chunk_bytes: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` ranges covering ``rows`` rows, each at most ``chunk_bytes`` of float32
+    (at least one row). Every streaming pass over a weight (extract, combine, apply) uses it."""
+    step = max(1, chunk_bytes // max(1, 4 * row_elems))
+    for start in range(0, rows, step):
+        yield start, min(rows, start + step)
 
 
 def lowrank_rows(

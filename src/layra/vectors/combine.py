@@ -12,7 +12,6 @@ recorded), and always its architecture.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,11 @@ from layra.errors import LayraError
 from layra.provenance import provenance
 from layra.vectors.arithmetic import FP32, concat_lowrank
 from layra.vectors.format import (
-    CHUNK_BYTES,
     Entry,
     Vector,
+    VectorSpec,
     VectorWriter,
-    load_vector,
+    load_weighted,
     planned_keys,
     write_delta,
 )
@@ -56,43 +55,12 @@ def _check_inputs(weighted: list[tuple[Vector, float]], force: bool) -> bool:
     return forced
 
 
-def combine(
-    vectors: Sequence[tuple[Vector | str | Path, float]],
-    out: str | Path,
-    *,
-    force: bool = False,
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """Write ``Σ λ_i Δ_i`` as one vector at ``out``; return its manifest."""
-    out = Path(out)
-    if not vectors:
-        raise LayraError("no vectors given")
-    if out.exists() and not overwrite:
-        raise LayraError(f"output {out} already exists (pass --overwrite to replace it)")
-    weighted = []
-    for v, lam in vectors:
-        if not math.isfinite(lam):
-            raise LayraError(f"λ for {v} must be a finite number, not {lam}")
-        weighted.append((v if isinstance(v, Vector) else load_vector(v), float(lam)))
-    forced = _check_inputs(weighted, force)
-    terms: dict[str, list[tuple[Vector, Entry, float]]] = {}
-    for v, lam in weighted:
-        for e in v.entries.values():
-            if lam != 0.0:
-                terms.setdefault(e.name, []).append((v, e, lam))
-    plan: dict[str, Entry] = {}
-    for name, ts in sorted(terms.items()):
-        e0 = ts[0][1]
-        if all(e.kind == "lowrank" for _, e, _ in ts):
-            rank = sum(e.rank for _, e, _ in ts)
-            plan[name] = Entry(name, "lowrank", e0.shape, rank, 1.0, e0.aliases)
-        else:
-            plan[name] = Entry(name, "dense", e0.shape, aliases=e0.aliases)
+def _manifest(weighted: list[tuple[Vector, float]], forced: bool) -> dict[str, Any]:
     first = weighted[0][0].manifest
     langs = list(
         dict.fromkeys(lang for v, _ in weighted for lang in v.manifest.get("languages", []))
     )
-    manifest = {
+    return {
         "start": first["start"],
         "method": "combine",
         "languages": langs,
@@ -113,6 +81,37 @@ def combine(
         **{k: first.get(k) for k in ("tied", "embed", "head", "vocab_size")},
         "provenance": provenance(),
     }
+
+
+def combine(
+    vectors: Sequence[VectorSpec],
+    out: str | Path,
+    *,
+    force: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write ``Σ λ_i Δ_i`` as one vector at ``out``; return its manifest."""
+    out = Path(out)
+    if not vectors:
+        raise LayraError("no vectors given")
+    if out.exists() and not overwrite:
+        raise LayraError(f"output {out} already exists (pass --overwrite to replace it)")
+    weighted = load_weighted(vectors)
+    forced = _check_inputs(weighted, force)
+    terms: dict[str, list[tuple[Vector, Entry, float]]] = {}
+    for v, lam in weighted:
+        for e in v.entries.values():
+            if lam != 0.0:
+                terms.setdefault(e.name, []).append((v, e, lam))
+    plan: dict[str, Entry] = {}
+    for name, ts in sorted(terms.items()):
+        e0 = ts[0][1]
+        if all(e.kind == "lowrank" for _, e, _ in ts):
+            rank = sum(e.rank for _, e, _ in ts)
+            plan[name] = Entry(name, "lowrank", e0.shape, rank, 1.0, e0.aliases)
+        else:
+            plan[name] = Entry(name, "dense", e0.shape, aliases=e0.aliases)
+    manifest = _manifest(weighted, forced)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         with VectorWriter(tmp, [k for e in plan.values() for k in planned_keys(e)]) as w:
             for name, e in plan.items():
@@ -137,7 +136,7 @@ def _dense_sum(w: VectorWriter, e: Entry, ts: list[tuple[Vector, Entry, float]])
             acc = d.mul_(lam) if acc is None else acc.add_(d, alpha=lam)
         return acc
 
-    if write_delta(w, e.name, e.shape, block, e.aliases, chunk_bytes=CHUNK_BYTES) is None:
+    if write_delta(w, e.name, e.shape, block, e.aliases) is None:
         # All zero (e.g. Δ − Δ): still named, as before, so the combined vector lists
         # every weight its inputs touched — as zero rows where it can (no bytes).
         if len(e.shape) >= 2:

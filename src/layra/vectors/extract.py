@@ -98,23 +98,6 @@ def _base_reader(src: Source, name: str):
 # --- from a run ------------------------------------------------------------------------
 
 
-def _read_run(run: Path) -> dict[str, Any]:
-    rj = run / "run.json"
-    if not run.is_dir():
-        raise LayraError(f"run directory {run} does not exist")
-    if not rj.is_file():
-        raise LayraError(f"{run} has no run.json: the run is unfinished (resume it) or not a run")
-    try:
-        info = json.loads(rj.read_text())
-    except json.JSONDecodeError as e:
-        raise LayraError(f"{rj} is not valid JSON ({e})") from e
-    if info.get("status", "complete") != "complete":
-        raise LayraError(f"run {run} is not complete (status {info.get('status')!r})")
-    if not info.get("base_model"):
-        raise LayraError(f"{rj} names no base_model")
-    return info
-
-
 def extract_run(
     run: str | Path,
     out: str | Path,
@@ -131,18 +114,18 @@ def extract_run(
     an unfinished run, a base model with other weights, an adapter layra cannot
     express exactly (DoRA, LoRA biases, ...), or a NaN/inf delta.
     """
+    from layra.rundir import RunDir
+
     run, out = Path(run), Path(out)
     dt = delta_dtype(dtype)
-    info = _read_run(run)
+    rec = RunDir(run).read_record()
     if out.exists() and not overwrite:
         raise LayraError(f"output {out} already exists (pass --overwrite to replace it)")
-    adapter, trained = run / "adapter", run / "trained.safetensors"
-    if not adapter.is_dir() and not trained.is_file():
-        raise LayraError(f"run {run} has neither adapter/ nor trained.safetensors")
-    ref = base or info["base_model"]
-    src = open_model(ref, None if base else info.get("gguf_file"))
+    kind, artifact = RunDir(run).artifact()
+    ref = base or rec.base_model
+    src = open_model(ref, None if base else rec.gguf_file)
     fp = src.fingerprint()
-    want = info.get("base_fingerprint") or {}
+    want = rec.base_fingerprint or {}
     if want.get("weights") and want["weights"] != fp["weights"]:
         raise LayraError(
             f"base model {ref} is not the one run {run} started from (weights fingerprint "
@@ -152,24 +135,23 @@ def extract_run(
         "kind": "run",
         "path": str(run),
         "run": {
-            k: info.get(k)
-            for k in (
-                "method",
-                "steps",
-                "tokens",
-                "final_loss",
-                "lora_layers",
-                "trained_modules",
-                "languages",
-            )
+            "method": rec.method,
+            "steps": rec.steps,
+            "tokens": rec.tokens,
+            "final_loss": rec.final_loss,
+            # What trained, from the run's plan (older manifests had always-null copies).
+            "lora_layers": rec.plan.get("lora_layers"),
+            "full_layers": rec.plan.get("full_layers"),
+            "embeddings": rec.plan.get("embeddings"),
+            "languages": rec.languages,
         },
     }
-    manifest = _manifest(src, fp, info.get("method", "unknown"), info.get("languages"), source)
+    manifest = _manifest(src, fp, rec.method or "unknown", rec.languages, source)
     manifest["delta_dtype"] = str(dt).removeprefix("torch.")
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        if adapter.is_dir():
-            return _from_adapter(adapter, src, tmp, manifest, dt)
-        return _from_trained(trained, src, tmp, manifest, dt)
+        if kind == "adapter":
+            return _from_adapter(artifact, src, tmp, manifest, dt)
+        return _from_trained(artifact, src, tmp, manifest, dt)
 
 
 def _lora_scale(cfg: dict[str, Any], module: str) -> tuple[int, float]:
@@ -199,14 +181,9 @@ def _check_adapter_config(cfg: dict[str, Any], where: Path) -> None:
             raise LayraError(f"{where}: adapters with {what} are not supported")
 
 
-def _from_adapter(
-    adapter: Path, src: Source, out: Path, manifest: dict, dtype: torch.dtype = FP32
-) -> dict[str, Any]:
-    cfg_path, weights = adapter / "adapter_config.json", adapter / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise LayraError(f"{adapter} has no adapter_model.safetensors (layra never unpickles .bin)")
-    cfg = json.loads(cfg_path.read_text())
-    _check_adapter_config(cfg, adapter)
+def _adapter_tensors(adapter: Path, weights: Path):
+    """The adapter file's tensors: LoRA factors by module ({"A", "B"} -> tensor), the modules
+    whose LoRA is an embedding's, and fully trained tensors by HF parameter name."""
     stored, _ = read_header(weights)
     lora: dict[str, dict[str, TensorInfo]] = {}
     embedding_lora: set[str] = set()
@@ -222,6 +199,18 @@ def _from_adapter(
             raise LayraError(f"{adapter}: tensor {key} is not a LoRA factor layra understands")
         else:
             full[name] = t  # modules_to_save: trained values under the HF parameter name
+    return lora, embedding_lora, full
+
+
+def _from_adapter(
+    adapter: Path, src: Source, out: Path, manifest: dict, dtype: torch.dtype = FP32
+) -> dict[str, Any]:
+    cfg_path, weights = adapter / "adapter_config.json", adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise LayraError(f"{adapter} has no adapter_model.safetensors (layra never unpickles .bin)")
+    cfg = json.loads(cfg_path.read_text())
+    _check_adapter_config(cfg, adapter)
+    lora, embedding_lora, full = _adapter_tensors(adapter, weights)
     embed, head = f"{src.arch.embed_name}.weight", f"{src.arch.head_name}.weight"
     if src.arch.tied and head in full:
         # ensure_weight_tying saves the shared tensor under both names; keep one.

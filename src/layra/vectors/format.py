@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -31,7 +31,13 @@ import torch
 
 from layra.atomic import atomic_write_json
 from layra.errors import LayraError
-from layra.vectors.arithmetic import FP32, lowrank_rows, require_finite
+from layra.vectors.arithmetic import (
+    FP32,
+    WRITE_CHUNK_BYTES,
+    lowrank_rows,
+    require_finite,
+    row_blocks,
+)
 from layra.vectors.shards import StreamWriter, TensorInfo, read_header, read_rows
 
 FORMAT = "layra-vector"
@@ -154,6 +160,21 @@ class Vector:
     @cached_property
     def _row_ids(self) -> dict[str, torch.Tensor]:
         return {}
+
+
+VectorSpec = tuple[Vector | str | Path, float]  # a vector (or its directory) and its λ
+
+
+def load_weighted(vectors: Sequence[VectorSpec]) -> list[tuple[Vector, float]]:
+    """``(vector, λ)`` pairs with each vector opened: the input of combine and apply."""
+    if not vectors:
+        raise LayraError("no vectors given")
+    out = []
+    for v, lam in vectors:
+        if not math.isfinite(lam):
+            raise LayraError(f"λ for {v} must be a finite number, not {lam}")
+        out.append((v if isinstance(v, Vector) else load_vector(v), float(lam)))
+    return out
 
 
 def load_vector(path: str | Path) -> Vector:
@@ -365,7 +386,6 @@ def planned_keys(
     return [(e.keys[0], dtype, (e.rank, e.shape[1])), (e.keys[1], dtype, (e.shape[0], e.rank))]
 
 
-CHUNK_BYTES = 64 << 20  # float32 bytes per block of rows while writing a delta
 # A delta with at most this fraction of rows changed is stored as those rows. Half: the
 # row-finding pass then costs at most half a pass more when the delta turns out dense.
 SPARSE_MAX_FRACTION = 0.5
@@ -378,7 +398,7 @@ def write_delta(
     block: Callable[[int, int], torch.Tensor],
     aliases=(),
     dtype: torch.dtype = FP32,
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int = WRITE_CHUNK_BYTES,
 ) -> str | None:
     """Stream a delta given as float32 blocks of rows, ``block(start, stop)``, into ``w``.
 
@@ -391,12 +411,11 @@ def write_delta(
     shape = tuple(shape)
     rows = shape[0] if shape else 1
     row_elems = max(1, math.prod(shape[1:])) if shape else 1
-    step = max(1, chunk_bytes // (4 * row_elems))
+    blocks = list(row_blocks(rows, row_elems, chunk_bytes))
     if len(shape) >= 2:
         ids, limit = [], int(rows * SPARSE_MAX_FRACTION)
         count = 0
-        for start in range(0, rows, step):
-            stop = min(rows, start + step)
+        for start, stop in blocks:
             d = block(start, stop).reshape(stop - start, -1)
             hit = d.ne(0).any(dim=1).nonzero().squeeze(1) + start
             ids.append(hit)
@@ -408,16 +427,14 @@ def write_delta(
         if count <= limit:
             ids_t = torch.cat(ids)
             w.begin_sparse(name, shape, ids_t, aliases, dtype)
-            for start in range(0, rows, step):
-                stop = min(rows, start + step)
+            for start, stop in blocks:
                 local = ids_t[(ids_t >= start) & (ids_t < stop)] - start
                 if local.numel():
                     w.write_rows(block(start, stop)[local])
             return "rows"
     w.begin_dense(name, shape, aliases, dtype)
     nonzero = False
-    for start in range(0, rows, step):
-        stop = min(rows, start + step)
+    for start, stop in blocks:
         d = block(start, stop)
         nonzero = nonzero or bool(d.any())
         w.write_rows(d.reshape(stop - start, *shape[1:]) if shape else d.reshape(shape))

@@ -2,7 +2,7 @@
 
 The LM head gets a gradient on every vocabulary row, so a trained head (and
 embedding) delta is dense — it moves special and chat-template tokens too,
-which an instruct model relies on (SPEC, pitfalls). ``"special"`` protects the
+which an instruct model relies on. ``"special"`` protects the
 tokenizer's special tokens plus every added token that appears in its chat
 template; ``"none"`` protects nothing; explicit token ids can be added.
 
