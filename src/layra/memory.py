@@ -77,7 +77,7 @@ GEMMA_3_270M = ModelShape("Gemma 3 270M", 262_144, 640, 2048, 18, 4, 1, tied=Tru
 
 @dataclass(frozen=True)
 class ParamCount:
-    stored: int  # parameters held in memory (PEFT's modules_to_save keeps original + copy)
+    stored: int  # parameters held in memory (embedding / head train in place: no copies)
     trainable: int
     matmul: int  # parameters used as matmul weights in forward (layers' linears + head)
 
@@ -97,9 +97,9 @@ def count_params(shape: ModelShape, method: str, k: int = 10, m: int = 2, r: int
     if not spec.selects_layers:
         lora = shape.layers * lora_per_layer
         return ParamCount(shape.params + lora, lora, matmul)
-    # layra: LoRA on k + m layers; embeddings and head trained as PEFT copies of the originals.
+    # layra: LoRA on k + m layers; embeddings and head trained in place (layra.methods).
     lora = (k + m) * lora_per_layer
-    return ParamCount(shape.params + lora + emb_head, lora + emb_head, matmul)
+    return ParamCount(shape.params + lora, lora + emb_head, matmul)
 
 
 # Published config.json fields of models the shipped presets name, for planning offline
