@@ -82,16 +82,24 @@ def _gflops(dtype: torch.dtype, m: int, k: int, n: int, budget_s: float) -> floa
 
 @functools.lru_cache(maxsize=1)
 def probe_cpu_matmul() -> MatmulProbe:
-    """Time fp32 and bf16 matmul on this CPU (cached: once per process).
+    """Time fp32 and bf16 matmul on one core of this CPU (cached: once per process).
 
     The shape is a small slice of a transformer layer's work (128 x 256 @ 256 x 512,
     34 MFLOP): big enough to reach the vector units' speed, small enough that the
     reference loop on an AVX2-only CPU (~0.2 GFLOP/s) costs a fraction of a second.
+    One thread: the question is which kernel the CPU runs, and on a busy machine a
+    multi-threaded kernel waits at every barrier for a descheduled thread (seen here:
+    bf16 read 2.1 vs fp32 108 GFLOP/s on an AVX512-BF16 CPU under load 5).
     """
     m, k, n = 128, 256, 512
-    fp32 = _gflops(torch.float32, m, k, n, budget_s=0.1)
-    bf16 = _gflops(torch.bfloat16, m, k, n, budget_s=0.1)
-    return MatmulProbe(round(fp32, 2), round(bf16, 2), (m, k, n), torch.get_num_threads())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fp32 = _gflops(torch.float32, m, k, n, budget_s=0.1)
+        bf16 = _gflops(torch.bfloat16, m, k, n, budget_s=0.1)
+    finally:
+        torch.set_num_threads(threads)
+    return MatmulProbe(round(fp32, 2), round(bf16, 2), (m, k, n), 1)
 
 
 @functools.lru_cache(maxsize=1)
