@@ -172,7 +172,11 @@ def _read_config(cfg):
 
 
 def load_dtype_for(method: str, precision: str, stored: Any) -> str:
-    """``layra.train.frozen_dtype`` from the config's stored dtype (a test keeps them equal)."""
+    """The dtype layra loads weights in (``layra.train.frozen_dtype`` calls this).
+
+    bf16 only when computing in bf16 from a bf16 checkpoint with frozen weights;
+    fp32 otherwise (``full`` trains everything: fp32 weights are its master copies).
+    """
     if precision != "bf16" or method_spec(method).trains_everything:
         return "float32"
     return "bfloat16" if str(stored).replace("torch.", "") == "bfloat16" else "float32"

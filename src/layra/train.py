@@ -80,13 +80,11 @@ def frozen_dtype(cfg: RunConfig, precision: str) -> str:
     master copies (:func:`upcast_trainable`). In fp32 (chosen where bf16 matmul is
     slow) everything is fp32: bf16 frozen weights would be cast on every use.
     """
-    from layra.method_registry import method_spec
+    from layra.memory import load_dtype_for  # the one rule; `layra plan` uses it too
 
-    if precision != "bf16" or method_spec(cfg.method.name).trains_everything:
-        return "float32"
     mc = _model_config(cfg)
     stored = getattr(mc, "dtype", None) or getattr(mc, "torch_dtype", None)
-    return "bfloat16" if str(stored).replace("torch.", "") == "bfloat16" else "float32"
+    return load_dtype_for(cfg.method.name, precision, stored)
 
 
 def _keep_resumed_precision(prec, out: Path):
