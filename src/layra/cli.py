@@ -157,3 +157,11 @@ def subparser(sub, name: str, help: str, example: str, description: str | None =
         epilog=f"example:\n  {example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def config_arguments(
+    p: argparse.ArgumentParser, help: str = "YAML run config (see configs/)"
+) -> None:
+    """``--config FILE`` plus ``KEY=VALUE`` dotted overrides (train, plan, sweep)."""
+    p.add_argument("--config", "-c", help=help)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from layra.cli import subparser
+from layra.cli import config_arguments, subparser
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,8 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "the memory per device under a launcher, term by term with each term's dtype."
         ),
     )
-    p.add_argument("--config", "-c", help="YAML run config (see configs/)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    config_arguments(p)
     p.add_argument(
         "--launcher", default="single", choices=("single", "ddp", "fsdp", "zero2", "zero3")
     )

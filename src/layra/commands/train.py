@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from layra.cli import subparser
+from layra.cli import config_arguments, subparser
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,8 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Without --config, give at least model.name_or_path and data.sources."
         ),
     )
-    p.add_argument("--config", "-c", help="YAML run config (see configs/)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    config_arguments(p)
     p.add_argument(
         "--resume", action="store_true", help="continue from the latest checkpoint in output_dir"
     )
