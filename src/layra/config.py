@@ -122,6 +122,15 @@ class TrainConfig:
     # or a comma list of accelerate tracker names (tensorboard, wandb, mlflow, ...).
     trackers: str = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # FSDP2 only (a launch with ACCELERATE_USE_FSDP; one process ignores both). "stored":
+    # parameters are all-gathered in the dtype they are held in and autocast casts for each
+    # matmul; "bf16": FSDP2's MixedPrecisionPolicy gathers and computes in bf16 and reduces
+    # gradients in fp32 (the fp32 shards stay the optimizer's master weights). It drops
+    # autocast's bf16 copies of fp32 weights: for `full` on Llama 3.1 8B, 14 GiB per GPU.
+    fsdp_param_dtype: Literal["stored", "bf16"] = "stored"
+    # FSDP2's CPUOffloadPolicy: sharded parameters, gradients and AdamW state live in host
+    # memory and the optimizer step runs on the CPU; the GPU holds what is gathered.
+    fsdp_offload: bool = False
 
 
 @dataclass
@@ -348,6 +357,10 @@ def _validate_train(t: TrainConfig) -> None:
             raise LayraError(f"train.{name} must be at least 1, got {getattr(t, name)}")
     if t.max_steps is not None and t.max_steps < 1:
         raise LayraError(f"train.max_steps must be at least 1, got {t.max_steps}")
+    if t.fsdp_param_dtype == "bf16" and t.precision == "fp32":
+        raise LayraError(
+            "train.fsdp_param_dtype=bf16 computes in bf16; it needs train.precision bf16 or auto"
+        )
     if t.loss_chunk < 0:
         raise LayraError(f"train.loss_chunk must be 0 (off) or positive, got {t.loss_chunk}")
     if not t.eps > 0:

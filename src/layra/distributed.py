@@ -13,9 +13,15 @@ FSDP2 path on GPUs accept the model as already sharded, and the code that runs t
 code the CPU tests run.
 
 FSDP2 shards each parameter on its own (a DTensor per parameter, no flat parameter), so
-frozen bf16 weights and trainable fp32 weights share a unit: no mixed-precision policy is set,
-parameters are all-gathered in the dtype they are stored in, and bf16 autocast casts for the
-matmuls exactly as in a single-process run.
+frozen bf16 weights and trainable fp32 weights share a unit. By default
+(``train.fsdp_param_dtype: stored``) no mixed-precision policy is set: parameters are
+all-gathered in the dtype they are stored in, and bf16 autocast casts for the matmuls exactly
+as in a single-process run. ``train.fsdp_param_dtype: bf16`` sets FSDP2's
+``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``: each unit is gathered and
+computes in bf16 (half the gathered bytes, and no autocast copies of fp32 weights, which for
+``full`` are every weight), gradients are reduced in fp32 into the fp32 shards the optimizer
+updates. ``train.fsdp_offload: true`` adds ``CPUOffloadPolicy``: shards, gradients and AdamW
+state in host memory, the optimizer step on the CPU.
 
 Checkpoints are sharded: each rank writes ``shard-RANK.safetensors`` (its pieces of the
 trainable parameters and their AdamW moments, and its RNG state); ``state.json`` is as in a
@@ -90,8 +96,34 @@ def sync_ranks() -> None:
         dist.barrier()
 
 
-def shard(loss_model: nn.Module, device: torch.device) -> nn.Module:
-    """Apply FSDP2 in place: one unit per decoder layer, the rest in the root unit."""
+def fsdp_policies(param_dtype: str = "stored", offload: bool = False) -> dict[str, Any]:
+    """``fully_shard`` keyword arguments for ``train.fsdp_param_dtype`` / ``train.fsdp_offload``.
+
+    ``stored`` with no offload is FSDP2's default (no policy objects): what layra always did.
+    """
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
+
+    kw: dict[str, Any] = {}
+    if param_dtype == "bf16":
+        kw["mp_policy"] = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16, reduce_dtype=torch.float32
+        )
+    elif param_dtype != "stored":
+        raise ValueError(f"fsdp param dtype {param_dtype!r}: stored or bf16")
+    if offload:
+        # Pinned host memory only where there is a device to copy to.
+        kw["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
+    return kw
+
+
+def shard(
+    loss_model: nn.Module,
+    device: torch.device,
+    param_dtype: str = "stored",
+    offload: bool = False,
+) -> nn.Module:
+    """Apply FSDP2 in place: one unit per decoder layer, the rest in the root unit, each with
+    the policies of :func:`fsdp_policies`."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -107,9 +139,10 @@ def shard(loss_model: nn.Module, device: torch.device) -> nn.Module:
         if hasattr(p, OPTIM_ATTR)
     }
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    kw = fsdp_policies(param_dtype, offload)
     for layer in hf.get_submodule(describe(hf).layers_prefix):
-        fully_shard(layer, mesh=mesh)
-    fully_shard(loss_model, mesh=mesh)
+        fully_shard(layer, mesh=mesh, **kw)
+    fully_shard(loss_model, mesh=mesh, **kw)
     for n, p in loss_model.named_parameters():
         if n in own:
             setattr(p, OPTIM_ATTR, own[n])

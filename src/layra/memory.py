@@ -248,6 +248,7 @@ class Term:
     dtype: str
     formula: str
     state: bool  # held across steps (checked against live tensors); else peak-time only
+    host: bool = False  # in host memory (FSDP2 CPU offload), not on the device: not in total
 
 
 @dataclass
@@ -261,16 +262,24 @@ class MemoryPlan:
     seq_len: int
     checkpointing: bool
     loss_chunk: int
+    fsdp_param_dtype: str = "stored"  # train.fsdp_param_dtype (fsdp only)
+    fsdp_offload: bool = False  # train.fsdp_offload (fsdp only)
     terms: list[Term] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> float:
-        return sum(t.nbytes for t in self.terms)
+        """Bytes per device (host-memory terms of CPU offload excluded)."""
+        return sum(t.nbytes for t in self.terms if not t.host)
+
+    @property
+    def host(self) -> float:
+        """Bytes per process in host memory (FSDP2 CPU offload; else 0)."""
+        return sum(t.nbytes for t in self.terms if t.host)
 
     @property
     def state(self) -> float:
-        return sum(t.nbytes for t in self.terms if t.state)
+        return sum(t.nbytes for t in self.terms if t.state and not t.host)
 
     def term(self, name: str) -> Term:
         return next(t for t in self.terms if t.name == name)
@@ -279,6 +288,12 @@ class MemoryPlan:
         """The plan as ``layra plan`` prints it."""
         inv = self.inv
         trained = inv.count(True)
+        fsdp = ""
+        if self.launcher == "fsdp":
+            gather = "bf16" if self.fsdp_param_dtype == "bf16" else "their stored dtypes"
+            fsdp = f"; FSDP2 params gathered in {gather}" + (
+                ", CPU offload" if self.fsdp_offload else ""
+            )
         lines = [
             f"model: {inv.model} ({inv.config_source}), {inv.shape.layers} layers, "
             f"{inv.count() / 1e9:.3f} B parameters stored",
@@ -287,13 +302,16 @@ class MemoryPlan:
             f"precision: {inv.precision}; weights loaded in {inv.load_dtype}, trained tensors fp32",
             f"launcher: {self.launcher} x {self.gpus}; per device: micro-batch {self.micro_batch}"
             f" x seq {self.seq_len}, checkpointing {'on' if self.checkpointing else 'off'}, "
-            f"loss chunk {self.loss_chunk}",
+            f"loss chunk {self.loss_chunk}{fsdp}",
             "",
-            f"{'term':<22} {'GiB':>8}  {'dtype':<18} formula",
+            f"{'term':<24} {'GiB':>8}  {'dtype':<18} formula",
         ]
         for t in self.terms:
-            lines.append(f"{t.name:<22} {t.nbytes / GiB:>8.2f}  {t.dtype:<18} {t.formula}")
-        lines.append(f"{'total':<22} {self.total / GiB:>8.2f}")
+            name = t.name + (" (host)" if t.host else "")
+            lines.append(f"{name:<24} {t.nbytes / GiB:>8.2f}  {t.dtype:<18} {t.formula}")
+        lines.append(f"{'total':<24} {self.total / GiB:>8.2f}")
+        if self.host:
+            lines.append(f"{'host per process':<24} {self.host / GiB:>8.2f}  (not in total)")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -306,8 +324,10 @@ def _mix(ts: list[TensorInfo]) -> str:
 def _activation_terms(inv: Inventory, p: MemoryPlan, head_trains: bool) -> list[Term]:
     s = inv.shape
     c = 2 if inv.precision == "bf16" else 4  # compute dtype bytes
-    # The residual stream carries the embedding's dtype: fp32 when it trains or all is fp32.
-    r = 4 if inv.load_dtype == "float32" or head_trains else 2
+    # The residual stream carries the embedding's dtype: fp32 when it trains or all is fp32,
+    # bf16 when FSDP2 gathers the embedding in bf16.
+    mp = _fsdp_bf16(p)
+    r = 2 if mp else 4 if inv.load_dtype == "float32" or head_trains else 2
     tokens = p.micro_batch * p.seq_len
     h, i, q, kv = s.hidden, s.intermediate, s.q_dim, s.kv_dim
     # Per layer and token: each RMSNorm's input (residual dtype), fp32 normalised value and
@@ -328,7 +348,8 @@ def _activation_terms(inv: Inventory, p: MemoryPlan, head_trains: bool) -> list[
         chunk = rows * s.vocab * c + 2 * block * s.vocab * 4
         f = f"{rows} rows x {s.vocab} vocab x {c} B + fp32 softmax block"
         if head_trains:
-            gw = 4 if tokens > p.loss_chunk else c
+            # Accumulated over chunks in the head's dtype: fp32, or bf16 as FSDP2 gathers it.
+            gw = 4 if tokens > p.loss_chunk and not mp else c
             chunk += s.vocab * h * gw
             f += f" + head gradient {s.vocab}x{h}x{gw} B"
         out.append(Term("logits chunk", chunk, cd, f, False))
@@ -342,9 +363,32 @@ def _activation_terms(inv: Inventory, p: MemoryPlan, head_trains: bool) -> list[
                 False,
             )
         )
-    if inv.precision == "bf16":
+    if inv.precision == "bf16" and not mp:
         out += _autocast_copies(inv, p.checkpointing)
+    if mp:
+        # post-backward: each unit's bf16 gradient is cast to fp32 for the reduce-scatter;
+        # the largest is the root's when the embeddings / head train.
+        largest = max(_unit_trained(inv, j) for j in [None, *range(inv.shape.layers)])
+        out.append(
+            Term(
+                "reduce copies",
+                4 * largest,
+                "fp32",
+                "largest unit's trained tensors x 4 B (bf16 gradient cast to fp32 to reduce)",
+                False,
+            )
+        )
     return out
+
+
+def _fsdp_bf16(p: MemoryPlan) -> bool:
+    """FSDP2 gathers and computes in bf16 (train.fsdp_param_dtype=bf16 under fsdp)."""
+    return p.launcher == "fsdp" and p.fsdp_param_dtype == "bf16"
+
+
+def _unit_trained(inv: Inventory, layer: int | None) -> int:
+    """Trained parameters of one FSDP unit: a decoder layer, or the root (``None``)."""
+    return sum(t.numel for t in inv.tensors if t.trainable and t.layer == layer)
 
 
 def _autocast_copies(inv: Inventory, checkpointing: bool) -> list[Term]:
@@ -378,6 +422,8 @@ def plan_memory(
     seq_len: int = 2048,
     checkpointing: bool = True,
     loss_chunk: int = 1024,
+    fsdp_param_dtype: str = "stored",
+    fsdp_offload: bool = False,
 ) -> MemoryPlan:
     """Per-device memory of training ``inv`` under ``launcher`` on ``gpus`` devices.
 
@@ -392,6 +438,11 @@ def plan_memory(
       every parameter sharded on dim 0 over ``gpus`` in its own dtype, gradients and moments
       of trained tensors sharded; during compute the root unit and two layers (the current
       and the prefetched) are gathered in their stored dtype (no mixed-precision policy).
+      ``fsdp_param_dtype="bf16"`` (FSDP2's ``MixedPrecisionPolicy``, fp32 reduce): they are
+      gathered in bf16, so the residual stream and the head's gradient are bf16 and autocast
+      has no fp32 weights to copy; each unit's bf16 gradient is cast to fp32 to be reduced.
+      ``fsdp_offload``: the sharded weights, gradients and moments are host-memory terms
+      (:attr:`MemoryPlan.host`), not in the device total.
     * ``zero2``: the whole model in bf16 on every device, fp32 master copies, gradients and
       moments of trained tensors sharded, 2e8-element bf16 buckets; ``zero3`` also shards
       the bf16 model and gathers up to 1e9 parameters at a time.
@@ -407,12 +458,21 @@ def plan_memory(
         raise ValueError("gpus, seq_len and micro_batch must be positive")
     if launcher == "single" and gpus != 1:
         raise ValueError("launcher single runs on one device (gpus 1)")
-    p = MemoryPlan(inv, launcher, gpus, micro_batch, seq_len, checkpointing, loss_chunk)
+    if fsdp_param_dtype not in ("stored", "bf16"):
+        raise ValueError(f"fsdp_param_dtype {fsdp_param_dtype!r}: stored or bf16")
+    if fsdp_param_dtype == "bf16" and inv.precision != "bf16":
+        raise ValueError("fsdp_param_dtype bf16 computes in bf16: plan it with precision bf16")
+    p = MemoryPlan(
+        inv, launcher, gpus, micro_batch, seq_len, checkpointing, loss_chunk,
+        fsdp_param_dtype, fsdp_offload,
+    )  # fmt: skip
+    if launcher != "fsdp" and (fsdp_param_dtype != "stored" or fsdp_offload):
+        p.notes.append("train.fsdp_param_dtype / fsdp_offload apply under fsdp only; ignored")
     # The head trains when a root-unit tensor of its size does (tied: the shared tensor).
     big = inv.shape.vocab * inv.shape.hidden
     head_trains = any(t.trainable and t.layer is None and t.numel == big for t in inv.tensors)
     if launcher in ("single", "ddp", "fsdp"):
-        p.terms += _torch_state_terms(inv, launcher, gpus)
+        p.terms += _torch_state_terms(inv, launcher, gpus, _fsdp_bf16(p), p.fsdp_offload)
     else:
         p.terms += _deepspeed_state_terms(inv, launcher, gpus)
         p.notes.append(
@@ -422,8 +482,11 @@ def plan_memory(
     return p
 
 
-def _torch_state_terms(inv: Inventory, launcher: str, gpus: int) -> list[Term]:
+def _torch_state_terms(
+    inv: Inventory, launcher: str, gpus: int, bf16_gather: bool = False, offload: bool = False
+) -> list[Term]:
     """Weights, gradients, moments under single / DDP / FSDP2 (see :func:`plan_memory`)."""
+    offload = offload and launcher == "fsdp"
     ts = inv.tensors
     trained = [t for t in ts if t.trainable]
     frozen = [t for t in ts if not t.trainable]
@@ -432,16 +495,21 @@ def _torch_state_terms(inv: Inventory, launcher: str, gpus: int) -> list[Term]:
     dtypes = ", ".join(f"{_mix(g)} {k}" for g, k in ((frozen, "frozen"), (trained, "trained")) if g)
     shard = f" / {n} (sharded per parameter)" if launcher == "fsdp" else ""
     held = sum(t.nbytes for t in ts)
-    terms = [Term("weights", held / n, dtypes, f"sum(numel x dtype size){shard}", True)]
+    terms = [Term("weights", held / n, dtypes, f"sum(numel x dtype size){shard}", True, offload)]
     if launcher == "fsdp":
-        root = sum(t.nbytes for t in ts if t.layer is None)
-        layer = max(sum(t.nbytes for t in ts if t.layer == j) for j in range(inv.shape.layers))
+
+        def size(t: TensorInfo) -> int:
+            return 2 * t.numel if bf16_gather else t.nbytes
+
+        root = sum(size(t) for t in ts if t.layer is None)
+        layer = max(sum(size(t) for t in ts if t.layer == j) for j in range(inv.shape.layers))
         terms.append(
             Term(
                 "gathered weights",
                 root + 2 * layer,
-                _mix(ts),
-                "root unit (embeddings, norm, head) + 2 layers, unsharded during compute",
+                "bf16" if bf16_gather else _mix(ts),
+                "root unit (embeddings, norm, head) + 2 layers, unsharded during compute"
+                + (" (bf16 policy)" if bf16_gather else ""),
                 False,
             )
         )
@@ -450,8 +518,8 @@ def _torch_state_terms(inv: Inventory, launcher: str, gpus: int) -> list[Term]:
     gf = "trained x 4 B" + (" x 2 (DDP buckets)" if ddp_buckets else "")
     per = f" / {n}" if n > 1 else ""
     return terms + [
-        Term("gradients", grads, "fp32", gf + per, True),
-        Term("optimizer moments", 8 * T / n, "fp32", "trained x 2 x 4 B" + per, True),
+        Term("gradients", grads, "fp32", gf + per, True, offload),
+        Term("optimizer moments", 8 * T / n, "fp32", "trained x 2 x 4 B" + per, True, offload),
         Term("master copies", 0, "-", "none: trained tensors are fp32 themselves", True),
     ]
 
@@ -485,15 +553,18 @@ def markdown_table(plans: list[MemoryPlan]) -> str:
     lines = [
         "| method | trainable | launcher | "
         + " | ".join(names)
-        + " | activations + logits + autocast | total |",
+        + " | activations + logits + casts | total |",
         "|---|---:|---|" + "---:|" * (len(names) + 2),
     ]
     for p in plans:
-        got = {t.name: t.nbytes for t in p.terms}
+        got = {t.name: t.nbytes for t in p.terms if not t.host}
         peak = sum(t.nbytes for t in p.terms if not t.state and t.name != "gathered weights")
         cells = [f"{got.get(n, 0) / GiB:.1f}" for n in names]
+        how = f"{p.launcher} x {p.gpus}"
+        if p.launcher == "fsdp" and (p.fsdp_param_dtype != "stored" or p.fsdp_offload):
+            how += f" ({p.fsdp_param_dtype}" + (", offload)" if p.fsdp_offload else ")")
         lines.append(
-            f"| {p.inv.method} | {p.inv.count(True) / 1e9:.2f} B | {p.launcher} x {p.gpus} | "
+            f"| {p.inv.method} | {p.inv.count(True) / 1e9:.2f} B | {how} | "
             + " | ".join(cells)
             + f" | {peak / GiB:.1f} | **{p.total / GiB:.1f}** |"
         )
@@ -517,6 +588,22 @@ def scaling_tables() -> str:
             "seq 2048, micro-batch 4 per GPU, checkpointing, loss chunk 1024. GiB per GPU.\n\n"
             + markdown_table(plans)
         )
+    plans, host = [], []
+    for method in METHODS:
+        cfg = load_config(str(ROOT / "configs" / "llama3.1-8b" / f"{method}-gl.yaml"), [])
+        inv = inventory(cfg, "bf16")
+        plans.append(plan_memory(inv, "single", 1))
+        for param_dtype in ("stored", "bf16"):
+            for offload in (False, True):
+                plans.append(plan_memory(inv, "fsdp", 2, fsdp_param_dtype=param_dtype,
+                                         fsdp_offload=offload))  # fmt: skip
+        host.append(f"{method} {plans[-1].host / GiB:.1f}")
+    out.append(
+        "The same presets on one GPU, and under FSDP2 on 2 GPUs with train.fsdp_param_dtype "
+        "(stored / bf16) and train.fsdp_offload. GiB per GPU; with offload the sharded "
+        f"weights, gradients and moments are in host memory instead ({', '.join(host)} GiB "
+        "per process).\n\n" + markdown_table(plans)
+    )
     return "\n\n".join(out)
 
 

@@ -359,7 +359,7 @@ def train_model(
         _write_how_made(cfg, out, acc, prec)
     built = _build_model(cfg, tok, prec, rows, say)
     steps = StepPlan.make(cfg.train, len(packed.blocks), acc.num_processes)
-    parts = _make_optimizer(cfg.train, built.model, steps, acc)
+    parts = _make_optimizer(cfg.train, built.model, steps, acc, prec.name, say)
     ckpt = Checkpointer(RunDir(out).checkpoints, parts, cfg.train)
     start, tokens = ckpt.resume(say) if resume else (0, 0)
     log = MetricLog(RunDir(out).log_jsonl, acc, start)
@@ -518,14 +518,28 @@ class _Parts:
     sharded: bool  # FSDP2: each rank holds a shard of every tensor
 
 
-def _make_optimizer(t: TrainConfig, model: torch.nn.Module, steps: StepPlan, acc) -> _Parts:
-    """AdamW and the warm-up / decay schedule, over the (possibly sharded) model."""
+def _make_optimizer(
+    t: TrainConfig, model: torch.nn.Module, steps: StepPlan, acc, precision: str, say
+) -> _Parts:
+    """AdamW and the warm-up / decay schedule, over the (possibly sharded) model.
+
+    Under FSDP the model is sharded first, with ``train.fsdp_param_dtype`` and
+    ``train.fsdp_offload`` applied; a single process says once that it ignores them.
+    """
     from layra.loss import LossModule
 
     loss_model = LossModule(model, t.loss_chunk)
     sharded = acc.num_processes > 1 and dist.fsdp_requested()
     if sharded:
-        dist.shard(loss_model, acc.device)  # before the optimizer: it must see the shards
+        if t.fsdp_param_dtype == "bf16" and precision != "bf16":
+            raise LayraError(
+                f"train.fsdp_param_dtype=bf16 computes in bf16, but precision resolved to "
+                f"{precision} on this device; set train.fsdp_param_dtype=stored"
+            )
+        # before the optimizer: it must see the shards
+        dist.shard(loss_model, acc.device, t.fsdp_param_dtype, t.fsdp_offload)
+    elif t.fsdp_param_dtype != "stored" or t.fsdp_offload:
+        say("note: train.fsdp_param_dtype / train.fsdp_offload apply under FSDP only; ignored")
     # fused: one pass over each tensor instead of ~10 (the CPU default is a per-op loop); it
     # matters for the 262k x 640 embedding Gemma trains. HF Trainer's default is fused too.
     optimizer = torch.optim.AdamW(

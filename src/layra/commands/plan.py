@@ -53,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, list(args.overrides))
     t = cfg.train
     precision = args.precision or ("fp32" if t.precision == "fp32" else "bf16")
+    require(
+        t.fsdp_param_dtype != "bf16" or precision == "bf16",
+        "train.fsdp_param_dtype=bf16 computes in bf16; plan it with --precision bf16",
+    )
     inv = inventory(cfg, precision)
     plan = plan_memory(
         inv,
@@ -62,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         seq_len=cfg.data.seq_len,
         checkpointing=t.gradient_checkpointing,
         loss_chunk=t.loss_chunk,
+        fsdp_param_dtype=t.fsdp_param_dtype,
+        fsdp_offload=t.fsdp_offload,
     )
     print(markdown_table([plan]) if args.markdown else plan.text())
     return 0
