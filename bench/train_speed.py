@@ -305,7 +305,9 @@ def main(argv: list[str] | None = None) -> dict:
         save_packed(packed, Path(spec["run_dir"]))  # `layra train --resume` reuses it
         (work / "spec.json").write_text(json.dumps(spec))
 
-        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", ACCELERATE_USE_CPU="1")
+        env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+        if args.device == "cpu":  # accelerate reads it: on cuda it would train on the CPU
+            env["ACCELERATE_USE_CPU"] = "1"
         tokens_per_step = args.batch * args.seq_len
         sides = {}
         runs = {
