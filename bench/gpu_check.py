@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", required=True, help="results folder (made if absent)")
     ap.add_argument("--cpu-rehearsal", action="store_true", help="tiny configs on the CPU")
-    ap.add_argument("--steps", type=int, help="optimizer steps per 8B recipe (6; rehearsal 3)")
+    ap.add_argument("--steps", type=int, help="optimizer steps per 8B recipe (8; rehearsal 3)")
     ap.add_argument("--budget-s", type=float, default=480, help="stop starting cases after")
     ap.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, if unlisted")
     ap.add_argument("--recipe", help=argparse.SUPPRESS)  # a child: spec JSON, result JSON
@@ -381,7 +381,7 @@ def drive(args: argparse.Namespace) -> int:
     from layra.memory import PUBLISHED_CONFIGS
 
     device = "cpu" if rehearsal else "cuda"
-    steps = args.steps or (3 if rehearsal else 6)
+    steps = args.steps or (3 if rehearsal else 8)
     untimed = 1 if rehearsal else 2
     if steps <= untimed:
         raise CheckError(f"--steps must exceed the {untimed} untimed warm-up steps")
