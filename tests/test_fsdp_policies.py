@@ -138,6 +138,18 @@ def test_bf16_policy_needs_bf16_precision():
         load_config(None, [*ov, "train.fsdp_param_dtype=fp16"])
 
 
+def test_offload_asks_accelerate_for_a_cpu_backend(monkeypatch):
+    from layra.distributed import request_cpu_backend
+
+    ov = ["model.name_or_path=x", "data.sources=[{path: x, lang: glg}]"]
+    monkeypatch.delenv("FSDP_OFFLOAD_PARAMS", raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    request_cpu_backend(load_config(None, ov))
+    assert "FSDP_OFFLOAD_PARAMS" not in os.environ
+    request_cpu_backend(load_config(None, [*ov, "train.fsdp_offload=true"]))
+    assert os.environ["FSDP_OFFLOAD_PARAMS"] == "true"  # accelerate: cuda:nccl,cpu:gloo
+
+
 def test_policies_are_the_fsdp2_objects_asked_for():
     from layra.distributed import fsdp_policies
 

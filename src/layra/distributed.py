@@ -81,6 +81,18 @@ def check_sharding(cfg) -> None:
         )
 
 
+def request_cpu_backend(cfg) -> None:
+    """Under FSDP with ``train.fsdp_offload``, have the process group carry gloo beside NCCL.
+
+    Offloaded gradients and AdamW state are CPU tensors, and the gradient norm reduces them
+    across ranks: NCCL cannot. accelerate creates ``cuda:nccl,cpu:gloo`` when
+    ``FSDP_OFFLOAD_PARAMS`` is true; call this before the process group exists (the first
+    :func:`sync_ranks`). On CPU processes the group is gloo anyway.
+    """
+    if fsdp_requested() and cfg.train.fsdp_offload:
+        os.environ["FSDP_OFFLOAD_PARAMS"] = "true"
+
+
 def sync_ranks() -> None:
     """A barrier across the launched processes, usable before the Accelerator exists
     (accelerate then reuses the process group); nothing for a single process."""
@@ -138,6 +150,11 @@ def shard(
         for n, p in loss_model.named_parameters()
         if hasattr(p, OPTIM_ATTR)
     }
+    if offload and "gloo" not in str(dist.get_backend()):
+        raise LayraError(
+            f"train.fsdp_offload needs a CPU backend (gloo) in the process group, which is "
+            f"{dist.get_backend()}; launch `layra train` itself (it asks accelerate for one)"
+        )
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     kw = fsdp_policies(param_dtype, offload)
     for layer in hf.get_submodule(describe(hf).layers_prefix):

@@ -391,6 +391,7 @@ def _check_and_prepare(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
     plan_method(cfg.method, model_depth(cfg))
     _check_inputs(cfg, resume)
     dist.check_sharding(cfg)
+    dist.request_cpu_backend(cfg)  # before the process group exists
     # Each process checks the run directory before any writes into it (rank 0's data,
     # any rank's tracker files), or a later rank finds it non-empty and refuses.
     dist.sync_ranks()
