@@ -305,6 +305,7 @@ def run_recipe(spec: dict[str, Any]) -> dict[str, Any]:
         "batch": t.batch_size,
         "checkpointing": t.gradient_checkpointing,
         "trainable": inv.count(True),
+        "weights_dtype": inv.load_dtype,  # frozen weights as layra loads them (trained: fp32)
         "steps": len(log),
         "untimed_steps": skip,
         "tokens_per_s": tok_s,

@@ -36,6 +36,7 @@ def test_cpu_rehearsal_runs_every_case_and_writes_json_and_markdown(tmp_path):
         assert all(math.isfinite(x) for x in r["losses"]) and len(r["losses"]) == 3
         assert r["tokens_per_s"] > 0 and r["flops_per_token"] > 0 and r["plan_total_gib"] > 0
         assert r["mfu"] is None  # no dense bf16 peak is claimed for a CPU
+        assert r["weights_dtype"] == "bfloat16"  # as from the bf16 8B checkpoint
         # The training path ran with datasets / gguf / lm_eval / matplotlib unimportable.
         assert r["blocked_modules"] == ["datasets", "gguf", "lm_eval", "matplotlib"]
     # Each recipe trains its own set of tensors (the presets' k / m, LoRA or whole layers).
