@@ -259,10 +259,20 @@ def peak_flops(device_name: str, override_tflops: float | None) -> float | None:
     return next((v for k, v in PEAK_BF16.items() if k in device_name), None)
 
 
-def run_recipe(spec: dict[str, Any]) -> dict[str, Any]:
-    """Train one recipe as ``layra train`` does; measure it. Runs in a child process."""
+def _peak_memory(device: str) -> tuple[int, str]:
+    """Peak bytes of this process on ``device``, and how they were read."""
     import resource
 
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated"
+    # The whole process, model loading included: not comparable with the plan's device total.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak RSS"
+
+
+def run_recipe(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train one recipe as ``layra train`` does; measure it. Runs in a child process."""
     import torch
 
     from layra.config import load_config
@@ -277,10 +287,7 @@ def run_recipe(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     train(cfg, progress=False)
     wall = time.perf_counter() - t0
-    if device == "cuda":
-        peak, source = torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated"
-    else:  # the whole process; not comparable with the plan's device total
-        peak, source = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak RSS"
+    peak, source = _peak_memory(device)
     log = [json.loads(x) for x in (Path(cfg.output_dir) / "log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log]
     skip = spec["untimed"]
@@ -373,6 +380,31 @@ def drive(args: argparse.Namespace) -> int:
         # waits at barriers for descheduled threads (measured: 65 s against 36 s in all).
         os.environ.setdefault("OMP_NUM_THREADS", "1")
     site = block_absent_modules()
+    work = Path(tempfile.mkdtemp(prefix="layra-gpu-check-"))
+    try:
+        return _drive(args, rehearsal, work, start, deadline)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the runs' weights (GBs at 8B); logs stay
+        shutil.rmtree(site, ignore_errors=True)
+
+
+def recipe_spec(recipe: str, args, llama_dir: Path, text: Path, work: Path, rehearsal: bool):
+    """What a ``--recipe`` child trains: the 8B preset, on the random model and the text."""
+    device = "cpu" if rehearsal else "cuda"
+    steps = args.steps or (3 if rehearsal else 8)
+    ov = [f"model.name_or_path={llama_dir}", f"data.sources=[{{path: {text}, lang: glg}}]",
+          "data.heldout_fraction=0", "train.grad_accum=1", f"train.max_steps={steps}",
+          "train.precision=bf16", f"train.device={device}", "train.trackers=none",
+          "train.log_every=1", f"output_dir={work / ('run-' + recipe)}"]  # fmt: skip
+    if rehearsal:  # else the preset's seq 2048 x batch 4
+        ov += ["data.seq_len=64", "train.batch_size=2"]
+    return {"recipe": recipe, "device": device, "untimed": 1 if rehearsal else 2,
+            "overrides": ov, "config": str(ROOT / "configs" / "llama3.1-8b" / f"{recipe}-gl.yaml"),
+            "model": "Llama 3.1 8B shapes" if not rehearsal else "tiny llama",
+            "peak_tflops": args.peak_tflops}  # fmt: skip
+
+
+def _drive(args, rehearsal: bool, work: Path, start: float, deadline: float) -> int:
     versions = preflight(rehearsal)
     out = Path(args.out)
     try:
@@ -381,12 +413,8 @@ def drive(args: argparse.Namespace) -> int:
         raise CheckError(f"cannot create --out {out}: {e.strerror}") from e
     from layra.memory import PUBLISHED_CONFIGS
 
-    device = "cpu" if rehearsal else "cuda"
-    steps = args.steps or (3 if rehearsal else 8)
-    untimed = 1 if rehearsal else 2
-    if steps <= untimed:
-        raise CheckError(f"--steps must exceed the {untimed} untimed warm-up steps")
-    work = Path(tempfile.mkdtemp(prefix="layra-gpu-check-"))
+    if args.steps is not None and args.steps <= (1 if rehearsal else 2):
+        raise CheckError("--steps must exceed the untimed warm-up steps (2; rehearsal 1)")
     text = synthetic_text(work / "text.txt", 200_000 if rehearsal else 1_000_000)
     llama = dict(PUBLISHED_CONFIGS["meta-llama/Llama-3.1-8B"])
     gemma = dict(GEMMA_3_270M)
@@ -394,7 +422,6 @@ def drive(args: argparse.Namespace) -> int:
         llama.update(TINY["llama"])
         gemma.update(TINY["gemma"])
     llama_dir = model_dir(work / "llama", llama, text)
-    seq, batch = (64, 2) if rehearsal else (None, None)  # None: the preset's
     results: dict[str, Any] = {
         "mode": "cpu-rehearsal" if rehearsal else "gpu",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -404,37 +431,23 @@ def drive(args: argparse.Namespace) -> int:
         "errors": [],
     }
     for recipe in RECIPES:
-        ov = [f"model.name_or_path={llama_dir}", f"data.sources=[{{path: {text}, lang: glg}}]",
-              "data.heldout_fraction=0", "train.grad_accum=1", f"train.max_steps={steps}",
-              "train.precision=bf16", f"train.device={device}", "train.trackers=none",
-              "train.log_every=1", f"output_dir={work / ('run-' + recipe)}"]  # fmt: skip
-        if seq:
-            ov += [f"data.seq_len={seq}", f"train.batch_size={batch}"]
-        spec = {"recipe": recipe, "device": device, "untimed": untimed, "overrides": ov,
-                "config": str(ROOT / "configs" / "llama3.1-8b" / f"{recipe}-gl.yaml"),
-                "model": "Llama 3.1 8B shapes" if not rehearsal else "tiny llama",
-                "peak_tflops": args.peak_tflops}  # fmt: skip
+        spec = recipe_spec(recipe, args, llama_dir, text, work, rehearsal)
         (work / f"{recipe}.json").write_text(json.dumps(spec))
         res_path = work / f"{recipe}.result.json"
-        cmd = [
-            sys.executable,
-            __file__,
-            "--recipe",
-            f"{work / recipe}.json,{res_path}",
-            "--out",
-            str(out),
-        ]
-        why = _child(cmd, deadline, out / f"{recipe}.log")
+        cmd = [sys.executable, __file__, "--recipe", f"{work / recipe}.json,{res_path}"]
+        why = _child([*cmd, "--out", str(out)], deadline, out / f"{recipe}.log")
         print(f"gpu_check: {recipe}: {why or 'ok'}", flush=True)
         if why:
             results["errors"].append(f"{recipe}: {why}")
         else:
             results["recipes"].append(json.loads(res_path.read_text()))
-    results["comparison"] = compare(args, work, text, gemma, rehearsal, deadline, out, results)
+    try:
+        results["comparison"] = compare(args, work, text, gemma, rehearsal, deadline, out, results)
+    except Exception as e:  # still write what the recipes measured
+        results["comparison"] = None
+        results["errors"].append(f"comparison: {type(e).__name__}: {e}")
     results["wall_s"] = round(time.time() - start, 1)
     results["load_avg"] = os.getloadavg()
-    shutil.rmtree(work, ignore_errors=True)  # the runs' weights (GBs on 8B); logs are in out
-    shutil.rmtree(site, ignore_errors=True)
     (out / "gpu_check.json").write_text(json.dumps(results, indent=1))
     (out / "gpu_check.md").write_text(markdown(results))
     print(markdown(results))

@@ -452,16 +452,7 @@ def plan_memory(
     copies of fp32 matmul weights (autocast caches the cast of each fp32 leaf parameter that
     requires grad until the forward's autocast region exits).
     """
-    if launcher not in LAUNCHERS:
-        raise ValueError(f"launcher {launcher!r}: one of {', '.join(LAUNCHERS)}")
-    if gpus < 1 or seq_len < 1 or micro_batch < 1:
-        raise ValueError("gpus, seq_len and micro_batch must be positive")
-    if launcher == "single" and gpus != 1:
-        raise ValueError("launcher single runs on one device (gpus 1)")
-    if fsdp_param_dtype not in ("stored", "bf16"):
-        raise ValueError(f"fsdp_param_dtype {fsdp_param_dtype!r}: stored or bf16")
-    if fsdp_param_dtype == "bf16" and inv.precision != "bf16":
-        raise ValueError("fsdp_param_dtype bf16 computes in bf16: plan it with precision bf16")
+    _check_plan_args(inv, launcher, gpus, micro_batch, seq_len, fsdp_param_dtype)
     p = MemoryPlan(
         inv, launcher, gpus, micro_batch, seq_len, checkpointing, loss_chunk,
         fsdp_param_dtype, fsdp_offload,
@@ -480,6 +471,22 @@ def plan_memory(
         )
     p.terms += _activation_terms(inv, p, head_trains)
     return p
+
+
+def _check_plan_args(
+    inv: Inventory, launcher: str, gpus: int, micro_batch: int, seq_len: int, param_dtype: str
+) -> None:
+    """ValueError for arguments :func:`plan_memory` cannot plan."""
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher {launcher!r}: one of {', '.join(LAUNCHERS)}")
+    if gpus < 1 or seq_len < 1 or micro_batch < 1:
+        raise ValueError("gpus, seq_len and micro_batch must be positive")
+    if launcher == "single" and gpus != 1:
+        raise ValueError("launcher single runs on one device (gpus 1)")
+    if param_dtype not in ("stored", "bf16"):
+        raise ValueError(f"fsdp_param_dtype {param_dtype!r}: stored or bf16")
+    if param_dtype == "bf16" and inv.precision != "bf16":
+        raise ValueError("fsdp_param_dtype bf16 computes in bf16: plan it with precision bf16")
 
 
 def _torch_state_terms(
