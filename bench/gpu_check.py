@@ -135,6 +135,8 @@ def preflight(rehearsal: bool) -> dict[str, str]:
                 f"missing Python package {dist} ({e}); this check installs nothing"
             ) from e
         versions[dist] = metadata.version(dist)
+    for warning in version_warnings(versions):
+        print(f"gpu_check: warning: {warning}", file=sys.stderr)
     try:
         import layra.memory  # noqa: F401
         import layra.train  # noqa: F401
@@ -159,6 +161,21 @@ def preflight(rehearsal: bool) -> dict[str, str]:
 
         versions["cpu"] = str(cpu_info().get("model", platform.processor()))
     return versions
+
+
+def version_warnings(versions: dict[str, str]) -> list[str]:
+    """Installed packages outside the ranges layra's pyproject.toml declares (a warning, not
+    a refusal: the GPU machine's versions are what there is, and the run will say more)."""
+    import tomllib
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    out = []
+    for dep in map(Requirement, deps):
+        have = versions.get(dep.name)
+        if have and dep.specifier and not dep.specifier.contains(have, prereleases=True):
+            out.append(f"{dep.name} {have} is outside layra's {dep.specifier}")
+    return out
 
 
 # --------------------------------------------------------------------------------------

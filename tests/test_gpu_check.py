@@ -117,3 +117,12 @@ def test_peak_flops_table_and_override():
     assert gc.peak_flops("Some Future GPU", None) is None
     assert gc.peak_flops("Some Future GPU", 500) == 500e12
     assert torch.finfo(torch.bfloat16).bits == 16
+
+
+def test_version_warnings_name_packages_outside_the_declared_ranges():
+    gc = _gpu_check_module()
+    ok = {"torch": "2.13.0+cpu", "transformers": "5.25.0", "peft": "0.21.2", "numpy": "2.1.0"}
+    assert gc.version_warnings(ok) == []
+    old = dict(ok, peft="0.17.1", transformers="4.57.0")
+    got = gc.version_warnings(old)
+    assert len(got) == 2 and any(w.startswith("peft 0.17.1 is outside") for w in got)
