@@ -31,6 +31,7 @@ from layra.atomic import atomic_dir, atomic_write_text
 from layra.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from layra.config import RunConfig, TrainConfig, to_dict, validate
 from layra.errors import LayraError
+from layra.lock import output_lock
 from layra.rundir import RunDir, RunRecord
 
 
@@ -348,12 +349,29 @@ def train_model(
     kill would (tests resume from it). ``merge_in_place``: for ``merge: true`` merge a
     LoRA model into its own weights (no second copy in memory); the returned model is
     then not to be used.
+
+    The output directory is locked for the whole run (:mod:`layra.lock`; by the first
+    process of a multi-process run): a second writer, ``--overwrite`` included, is refused.
     """
+    first = int(os.environ.get("RANK", "0")) == 0
+    what = f"output_dir {cfg.output_dir}"
+    with output_lock(cfg.output_dir, what) if first else contextlib.nullcontext():
+        return _train_model(cfg, resume, overwrite, progress, should_stop, merge_in_place)
+
+
+def _train_model(cfg, resume, overwrite, progress, should_stop, merge_in_place) -> TrainResult:
     from layra.embeddings import select_rows
 
+    created = not Path(cfg.output_dir).exists()
     out = _check_and_prepare(cfg, resume, overwrite)
     acc, prec, say = _make_accelerator(cfg, out, resume, progress)
-    tok, packed = _load_data(cfg, out, acc, say, progress)
+    try:
+        tok, packed = _load_data(cfg, out, acc, say, progress)
+    except BaseException:
+        # Unreadable data: a folder this call created holds nothing worth keeping.
+        if created and acc.is_main_process:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     rows = select_rows(cfg.method, tok, packed.blocks, say)  # None unless method.embeddings=rows
     if acc.is_main_process:
         _write_how_made(cfg, out, acc, prec)

@@ -24,6 +24,7 @@ from layra.evaluation.bpb import SCORING, bits_per_byte, load_text
 from layra.evaluation.langs import normalize_lang
 from layra.evaluation.modelspec import LoadedModel, evaluated_fingerprint, load_spec
 from layra.evaluation.store import ResultStore, record_key
+from layra.lock import holds_output_lock
 from layra.models import parse_dtype
 from layra.provenance import provenance
 
@@ -83,6 +84,7 @@ def _identity(model: dict[str, Any], **parts: Any) -> dict[str, Any]:
     return {"name": model["name"], "weights": model["fingerprint"], **seed, **parts}
 
 
+@holds_output_lock("store_dir", "results store {}", shared=True)
 def run_bpb(
     model_arg: str,
     texts: list[tuple[str, str | Path]],
@@ -195,6 +197,7 @@ def _task_record(ident, model, ref, data, res, settings, dtype: str) -> dict[str
     }
 
 
+@holds_output_lock("store_dir", "results store {}", shared=True)
 def run_tasks(
     model_arg: str,
     families: list[str],
