@@ -28,7 +28,14 @@ import torch
 
 from layra import distributed as dist
 from layra.atomic import atomic_dir, atomic_write_text
-from layra.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from layra.checkpoint import (
+    checkpoint_problem,
+    checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from layra.config import RunConfig, TrainConfig, to_dict, validate
 from layra.errors import LayraError
 from layra.lock import output_lock
@@ -565,18 +572,59 @@ class Checkpointer:
         self.root, self.parts, self.keep, self.seed = root, parts, t.keep_checkpoints, t.seed
 
     def resume(self, say) -> tuple[int, int]:
-        """Load the latest checkpoint, if any: (steps done, tokens seen)."""
+        """Load the newest intact checkpoint, if any: (steps done, tokens seen).
+
+        A damaged one (:func:`~layra.checkpoint.checkpoint_problem`, or one that fails to
+        load) is set aside as ``damaged-step-N`` so pruning never keeps it over a good one,
+        and the run says which one it resumes from and why, in one line on stderr.
+        """
+        import sys
+
         p = self.parts
-        last = latest_checkpoint(self.root)
-        if last is None:
+        found = checkpoints(self.root)
+        if not found:
             say("resume: no checkpoint yet, starting from step 0")
             return 0, 0
-        if dist.is_sharded_checkpoint(last):
-            meta = dist.load_sharded(last, p.model, p.optimizer, p.scheduler, p.acc)
+        skipped: list[tuple[Path, str]] = []
+        for path in reversed(found):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                try:
+                    meta = self._load(path)
+                except LayraError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - bytes the header check cannot see
+                    problem = f"it does not load ({type(e).__name__}: {str(e)[:120]})"
+                else:
+                    break
+            skipped.append((path, problem))
         else:
-            meta = load_checkpoint(last, p.model, p.optimizer, p.scheduler)
-        say(f"resume: from {last} (step {meta['step']})")
+            what = "; ".join(f"{q.name}: {why}" for q, why in skipped)
+            raise LayraError(
+                f"--resume: no intact checkpoint in {self.root} ({what}); "
+                "start again with --overwrite"
+            )
+        p.acc.wait_for_everyone()  # every rank has chosen before rank 0 moves any aside
+        if skipped and p.acc.is_main_process:
+            for q, _ in skipped:
+                aside = q.with_name(f"damaged-{q.name}")
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(q, aside)
+            names = ", ".join(q.name for q, _ in skipped)
+            print(
+                f"layra: warning: resuming from {path.name}, not {names}: {skipped[0][1]} "
+                f"(set aside as damaged-{skipped[0][0].name})",
+                file=sys.stderr,
+                flush=True,
+            )
+        say(f"resume: from {path} (step {meta['step']})")
         return meta["step"], meta["tokens"]
+
+    def _load(self, path: Path) -> dict[str, Any]:
+        p = self.parts
+        if dist.is_sharded_checkpoint(path):
+            return dist.load_sharded(path, p.model, p.optimizer, p.scheduler, p.acc)
+        return load_checkpoint(path, p.model, p.optimizer, p.scheduler)
 
     def check_finite(self, step: int, loss: float | None = None) -> None:
         """Stop on a non-finite ``loss`` or, without one, non-finite trained weights (the
