@@ -243,11 +243,13 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
             f"output directory {out} exists; pass --resume to continue it or --overwrite"
         )
     check_writable(rd.run_json)
-    if resume and rd.config_yaml.exists():
-        differ = rd.differing_settings(cfg, ("model", "method", "data"))
-        if differ:
+    if resume:
+        refused, _ = rd.resume_changes(cfg)
+        if refused:
+            what = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in refused.items())
             raise LayraError(
-                f"--resume: {differ[0]} settings differ from the run in {out}; use a new output_dir"
+                f"--resume: settings differ from the run in {out} ({what}); they cannot change "
+                "mid-run: resume with the run's values or train into a new output_dir"
             )
     if overwrite and out.exists() and not resume:
         shutil.rmtree(out)
@@ -370,6 +372,9 @@ def _train_model(cfg, resume, overwrite, progress, should_stop, merge_in_place) 
     from layra.embeddings import select_rows
 
     created = not Path(cfg.output_dir).exists()
+    # Settings this session changes (only those RESUME_MAY_CHANGE; others are refused
+    # below): read before config.yaml is rewritten with them.
+    changed = RunDir(cfg.output_dir).resume_changes(cfg)[1] if resume else {}
     out = _check_and_prepare(cfg, resume, overwrite)
     acc, prec, say = _make_accelerator(cfg, out, resume, progress)
     try:
@@ -387,6 +392,11 @@ def _train_model(cfg, resume, overwrite, progress, should_stop, merge_in_place) 
     parts = _make_optimizer(cfg.train, built.model, steps, acc)
     ckpt = Checkpointer(RunDir(out).checkpoints, parts, cfg.train)
     start, tokens = ckpt.resume(say) if resume else (0, 0)
+    if resume and acc.is_main_process:
+        RunDir(out).record_resume(start, changed)
+        if changed:
+            what = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            say(f"resume: applying {what} from step {start} (recorded in resumes.jsonl)")
     log = MetricLog(RunDir(out).log_jsonl, acc, start)
     desc = f"train {built.plan.method}"
     fit = _fit(
