@@ -136,6 +136,7 @@ def test_two_trains_started_together_one_is_refused(model_dirs, corpus_dir, tmp_
     assert len(err.splitlines()) == 1, err
     assert err.startswith(f"layra: error: output_dir {out} is in use by another layra process")
     assert f"pid {procs[winner].pid}" in err
+    assert results[winner][2] == "", results[winner][2]  # --quiet: no library FutureWarnings
     # The folder is the winner's, whole: config.yaml records the lr that trained.
     import yaml
 

@@ -49,9 +49,9 @@ def test_resume_applies_and_records_what_may_change(model_dirs, corpus_dir, tmp_
     res = train_model(cfg, resume=True, progress=True)
     assert res.record.steps == 6
     said = capsys.readouterr().out
-    assert (
-        "resume: applying train.max_steps 4 -> 6, train.log_every 1 -> 2 from step 2" in said
-    ), said
+    assert "resume: applying train.max_steps 4 -> 6, train.log_every 1 -> 2 from step 2" in said, (
+        said
+    )
     saved = yaml.safe_load((out / "config.yaml").read_text())["train"]
     assert saved["max_steps"] == 6 and saved["log_every"] == 2
     rows = [json.loads(x) for x in (out / "resumes.jsonl").read_text().splitlines()]

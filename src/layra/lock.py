@@ -176,6 +176,9 @@ def output_lock(
         finally:
             held[1] -= 1
         return
+    from layra.atomic import check_writable
+
+    check_writable(target)  # an output under a file, or in a folder we cannot write
     created = _make_parents(path)
     try:
         fd = _try_lock(path, shared, what)
