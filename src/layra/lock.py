@@ -67,7 +67,7 @@ def _holder(fd: int) -> str:
         pid = min(pids)
         try:
             raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-            cmd = _short(" ".join(x.decode(errors="replace") for x in raw.split(b"\0") if x))
+            cmd = _command([x.decode(errors="replace") for x in raw.split(b"\0") if x])
         except OSError:
             cmd = ""
         more = f" and {len(set(pids)) - 1} more" if len(set(pids)) > 1 else ""
@@ -83,15 +83,16 @@ def _holder(fd: int) -> str:
     return f"pid {pid.strip()}" + (f", `{cmd}`" if cmd else "")
 
 
-def _short(line: str) -> str:
-    return line if len(line) <= 200 else line[:197] + "..."
-
-
-def _command() -> str:
-    argv = [Path(sys.argv[0]).name if sys.argv else "python", *sys.argv[1:]]
-    if argv[0] in ("__main__.py", "-m"):
-        argv[0] = "layra"
-    return _short(" ".join(argv))
+def _command(argv: list[str] | None = None) -> str:
+    """A command line as a user typed it: ``layra train ...`` (not ``python -m layra``),
+    shortened to 100 characters."""
+    argv = list(sys.argv if argv is None else argv)
+    for i, a in enumerate(argv):
+        if a in ("layra", "layra.cli") or a.endswith("/layra") or a.endswith("layra/__main__.py"):
+            argv = ["layra", *argv[i + 1 :]]
+            break
+    line = " ".join(argv) or "python"
+    return line if len(line) <= 100 else line[:97] + "..."
 
 
 def _make_parents(path: Path) -> list[Path]:
