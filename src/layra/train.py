@@ -368,7 +368,14 @@ def train_model(
         return _train_model(cfg, resume, overwrite, progress, should_stop, merge_in_place)
 
 
-def _train_model(cfg, resume, overwrite, progress, should_stop, merge_in_place) -> TrainResult:
+def _train_model(
+    cfg: RunConfig,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+    should_stop: StopWhen | None,
+    merge_in_place: bool,
+) -> TrainResult:
     from layra.embeddings import select_rows
 
     created = not Path(cfg.output_dir).exists()
@@ -604,7 +611,8 @@ class Checkpointer:
                 except LayraError:
                     raise
                 except Exception as e:  # noqa: BLE001 - bytes the header check cannot see
-                    problem = f"it does not load ({type(e).__name__}: {str(e)[:120]})"
+                    first = (str(e).strip().splitlines() or [""])[0][:120]
+                    problem = f"it does not load ({type(e).__name__}: {first})"
                 else:
                     break
             skipped.append((path, problem))
