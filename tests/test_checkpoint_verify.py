@@ -85,3 +85,30 @@ def test_no_intact_checkpoint_is_one_line(model_dirs, corpus_dir, tmp_path):
     )
     assert "\n" not in str(e.value)
     assert step.is_dir()  # nothing moved when nothing could be resumed
+
+
+def test_a_checkpoint_that_passes_the_header_check_but_fails_to_load_is_skipped_too(
+    model_dirs, corpus_dir, tmp_path, capfd
+):
+    a = run_cfg(model_dirs["llama"], corpus_dir / "gl.txt", tmp_path / "a", "layra", EXTRA)
+    ma = train_model(a, progress=False).model
+    b = run_cfg(model_dirs["llama"], corpus_dir / "gl.txt", tmp_path / "b", "layra", EXTRA)
+    train_model(b, progress=False, should_stop=lambda done: done == 4)
+    state = tmp_path / "b" / "checkpoints" / "step-4" / "state.json"
+    meta = json.loads(state.read_text())
+    del meta["scheduler"]
+    state.write_text(json.dumps(meta))
+    capfd.readouterr()
+    res = train_model(b, resume=True, progress=False)
+    assert res.steps_done == 6
+    err = capfd.readouterr().err.strip()
+    assert err == (
+        "layra: warning: resuming from step-2, not step-4: it does not load "
+        "(KeyError: 'scheduler') (set aside as damaged-step-4)"
+    )
+    # step-4's half-done load (weights and moments, then the missing scheduler) left no
+    # trace: step-2's load replaced all of it.
+    sb = dict(res.model.named_parameters())
+    for n, t in ma.named_parameters():
+        if t.requires_grad:
+            torch.testing.assert_close(t, sb[n], atol=0, rtol=0, msg=n)
