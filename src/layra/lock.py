@@ -61,7 +61,8 @@ def _holder(fd: int) -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/locks").read_text().splitlines():
             f = line.split()
-            if len(f) > 5 and f[1] == "FLOCK" and f[5] == dev and f[4].isdigit():
+            # A holder outside this pid namespace shows as pid 0 (or not a number).
+            if len(f) > 5 and f[1] == "FLOCK" and f[5] == dev and f[4].isdigit() and f[4] != "0":
                 pids.append(int(f[4]))
     if pids:
         pid = min(pids)
