@@ -84,12 +84,16 @@ def _holder(fd: int) -> str:
     return f"pid {pid.strip()}" + (f", `{cmd}`" if cmd else "")
 
 
+# How layra shows in a command line: the console script, or `python -m layra`.
+_ENTRY_POINTS = ("/layra", "/layra/__main__.py")
+
+
 def _command(argv: list[str] | None = None) -> str:
     """A command line as a user typed it: ``layra train ...`` (not ``python -m layra``),
     shortened to 100 characters."""
     argv = list(sys.argv if argv is None else argv)
     for i, a in enumerate(argv):
-        if a in ("layra", "layra.cli") or a.endswith("/layra") or a.endswith("layra/__main__.py"):
+        if ("/" + a).endswith(_ENTRY_POINTS):
             argv = ["layra", *argv[i + 1 :]]
             break
     line = " ".join(argv) or "python"
