@@ -432,6 +432,73 @@ def _cases():
             ),
             "does not exist",
         ),
+        # issue 20: directories, binary and huge text, settings a resume may not change,
+        # an optional extra missing, NaN in a vector, argparse's own refusals.
+        ("config is a directory", lambda p: ["train", "--config", str(p.tmp)], "is a directory"),
+        (
+            "config is binary",
+            lambda p: ["train", "--config", str(p.m / "model.safetensors")],
+            "is not a text file (a NUL byte",
+        ),
+        (
+            "eval text is a directory",
+            lambda p: ["eval", "bpb", str(p.m), "--text", f"glg={p.tmp}", "--store", str(p.out)],
+            "is a directory, not a text file",
+        ),
+        (
+            "eval 2 GB NUL text under --max-bytes",
+            lambda p: (
+                ["eval", "bpb", str(p.m), "--text", f"glg={p.zeros}", "--max-bytes", "400"]
+                + ["--store", str(p.out)]
+            ),
+            "is not a text file (a NUL byte at byte 0)",
+        ),
+        (
+            "eval mostly control bytes",
+            lambda p: ["eval", "bpb", str(p.m), "--text", f"glg={p.ctrl}", "--store", str(p.out)],
+            "% control bytes",
+        ),
+        (
+            "lens text is a directory",
+            lambda p: ["lens", str(p.m), "--text", f"eng={p.tmp}", "--out", str(p.out / "l.json")],
+            "is a directory, not a text file",
+        ),
+        (
+            "diagnose NUL text",
+            lambda p: (
+                ["diagnose", "tokenizer", str(p.m), "--text", f"eng={p.zeros}"]
+                + ["--out", str(p.out / "d.json")]
+            ),
+            "is not a text file",
+        ),
+        (
+            "lens --dtype int8",
+            lambda p: ["lens", str(p.m), "--dtype", "int8", "--out", str(p.out / "l.json")],
+            "argument --dtype: invalid choice: 'int8'",
+        ),
+        (
+            "vector apply no --out",
+            lambda p: ["vector", "apply", str(p.m), str(p.vec)],
+            "the following arguments are required: --out; see `layra vector apply --help`",
+        ),
+        (
+            "eval tasks without lm-eval",
+            lambda p: (
+                ["eval", "tasks", str(p.m), "--tasks", "xnli", "--langs", "glg"]
+                + ["--store", str(p.out)]
+            ),
+            "pip install 'layra[eval]'",
+        ),
+        (
+            "vector show NaN",
+            lambda p: ["vector", "show", str(_nan_vector(p.vec, p.tmp / "nan"))],
+            "tensors hold NaN/inf values",
+        ),
+        (
+            "resume with another lr",
+            lambda p: T(p.m, p.gl, _started(p, T), "--resume", "train.lr=0.003"),
+            "(train.lr 0.0003 -> 0.003); they cannot change mid-run",
+        ),
     ] + [
         (
             f"vector manifest {how}",
@@ -451,6 +518,32 @@ def _cases():
     ]
 
 
+def _nan_vector(vec: Path, dst: Path) -> Path:
+    """A copy of ``vec`` with one NaN in a stored tensor (its header unchanged)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    d = shutil.copytree(vec, dst)
+    f = d / "delta.safetensors"
+    t = load_file(str(f))
+    name = next(k for k, v in t.items() if v.is_floating_point())
+    t[name].view(-1)[0] = float("nan")
+    save_file(t, str(f))
+    return d
+
+
+def _started(p, T) -> Path:
+    """A run in ``p.started`` as a killed one leaves it: config.yaml at the default lr."""
+    from layra.config import load_config
+    from layra.rundir import RunDir
+
+    run = p.started
+    cfg = load_config(None, [a for a in T(p.m, p.gl, run) if "=" in a and not a.startswith("-")])
+    RunDir(run).write_config(cfg)
+    return run
+
+
 CASES = _cases()
 
 
@@ -468,7 +561,23 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(
     jsonl.write_text('{"text": "ola"}\n{bad json\n')
     store = tmp_path / "store"
     store.mkdir()
+    zeros = tmp_path / "zeros.txt"  # 2 GB of NUL bytes, sparse: no disk
+    zeros.touch()
+    os.truncate(zeros, 2 << 30)
+    ctrl = tmp_path / "ctrl.txt"
+    ctrl.write_bytes(bytes(range(1, 9)) * 64)
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(  # as without the eval extra (lm-eval is installed here)
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "lm_eval" else real_find_spec(name, *a),
+    )
     p = SimpleNamespace(
+        zeros=zeros,
+        ctrl=ctrl,
+        started=tmp_path / "started",
         m=model_dirs["llama"],
         gl=corpus_dir / "gl.txt",
         jsonl=jsonl,
@@ -479,6 +588,7 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(
         store=store,
     )
     args = argv(p)
+    started = _snapshot(p.started)
     capfd.readouterr()
     rc = main(args)
     cap = capfd.readouterr()
@@ -487,9 +597,16 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(
     assert len(err.splitlines()) == 1 and err.startswith("layra: error: "), (name, err)
     assert match in err, (name, err)
     assert "[1/5]" not in cap.out and "[3/5]" not in cap.out  # demo: no stage started
-    if name != "bad jsonl line":  # data is read once the run has started (resumable)
-        assert not p.out.exists(), name
+    assert not p.out.exists(), name  # a bad data source too: its output_dir is removed
+    assert _snapshot(p.started) == started, name  # a refused --resume changes nothing
+    assert not [x.name for x in tmp_path.iterdir() if x.name.endswith(".lock")], name
     assert (corpus_dir / "gl.txt").is_file()
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    if not root.exists():
+        return {}
+    return {str(f.relative_to(root)): f.read_bytes() for f in root.rglob("*") if f.is_file()}
 
 
 def test_unreachable_hub_fails_at_once_with_one_line(monkeypatch, tmp_path, capfd, corpus_dir):

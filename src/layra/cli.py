@@ -41,8 +41,20 @@ Run `layra <command> --help` for each command's options and an example.
 Set LAYRA_DEBUG=1 to see full tracebacks."""
 
 
+class _ArgumentError(Exception):
+    """A command line argparse refuses; :func:`main` prints it as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a refused command line is one ``layra: error:`` line pointing at
+    ``--help``, not a usage dump (subcommand parsers are made of the same class)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise _ArgumentError(f"{self.prog}: {message}; see `{self.prog} --help`")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="layra",
         description="Add languages to a pretrained causal LM without forgetting the old ones.",
         epilog=EPILOG,
@@ -61,14 +73,23 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     argv = legacy_argv(list(sys.argv[1:] if argv is None else argv))
-    args, extra = parser.parse_known_args(argv)
-    # KEY=VALUE overrides may come after options (`--merge train.lr=1e-4`); argparse
-    # only collects positionals given in one run, so gather the stragglers here.
-    if extra:
-        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-            args.overrides = list(args.overrides or []) + extra
-        else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        args, extra = parser.parse_known_args(argv)
+        # KEY=VALUE overrides may come after options (`--merge train.lr=1e-4`); argparse
+        # only collects positionals given in one run, so gather the stragglers here.
+        if extra:
+            if hasattr(args, "overrides") and all(
+                "=" in e and not e.startswith("-") for e in extra
+            ):
+                args.overrides = list(args.overrides or []) + extra
+            else:
+                prog = " ".join(x for x in ("layra", args.command) if x)
+                raise _ArgumentError(
+                    f"{prog}: unrecognized arguments: {' '.join(extra)}; see `{prog} --help`"
+                )
+    except _ArgumentError as e:
+        print(f"layra: error: {e}", file=sys.stderr)
+        return 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2

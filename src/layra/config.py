@@ -277,13 +277,20 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A YAML config as a dict; ``include: other.yaml`` (relative to the file) is merged underneath."""
+    from layra.documents import read_whole_text
+
     p = Path(path)
+    if p.is_dir():
+        raise LayraError(f"config file {p} is a directory; give a YAML file")
     if not p.is_file():
         raise LayraError(f"config file {p} not found")
     if p.resolve() in _seen:
         raise LayraError(f"config file {p} includes itself")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        # A config is small: read no more than 1 MiB of it, and no binary file.
+        data = yaml.safe_load(read_whole_text(p, limit=1 << 20)) or {}
+    except LayraError as e:
+        raise LayraError(f"config file {e}") from None
     except yaml.YAMLError as e:
         raise LayraError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from e
     if not isinstance(data, dict):

@@ -30,6 +30,7 @@ from pathlib import Path
 from layra.atomic import atomic_write_text
 from layra.config import DataConfig, MethodConfig, ModelConfig, RunConfig, SourceConfig, TrainConfig
 from layra.errors import LayraError
+from layra.lock import holds_output_lock
 from layra.method_registry import method_spec
 from layra.rundir import RunDir
 
@@ -321,6 +322,7 @@ def _train_runs(s: DemoSettings, runs, model: str, corpus: Path, budget: Budget,
         s.timings[f"train_{method}_seed{seed}_s"] = time.perf_counter() - t
 
 
+@holds_output_lock("s.workdir", "demo workdir {}", subdirs=("results",))
 def run_demo(s: DemoSettings) -> dict:
     """Run every stage; return paths of the table and plots and the measured timings."""
     from layra.evaluation.plots import plot_bars, plot_tradeoff

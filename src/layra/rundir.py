@@ -22,6 +22,32 @@ from layra.errors import LayraError
 # 1: the first versioned run.json (runs written before carry no "schema" and read as 1).
 RUN_SCHEMA = 1
 
+# Settings ``--resume`` may change (dotted keys): when to stop, log, save and what to write
+# at the end, or how memory is traded for time; none changes what a step computes. Every
+# other setting that differs from the run's config.yaml is refused. A new train.max_steps
+# also sets the schedule's length from the resumed step on (it spans max_steps).
+RESUME_MAY_CHANGE = (
+    "train.max_steps",
+    "train.log_every",
+    "train.save_every",
+    "train.keep_checkpoints",
+    "train.trackers",
+    "train.gradient_checkpointing",
+    "merge",
+)
+# Not compared: the same folder may be named another way (relative, absolute).
+_NOT_COMPARED = ("output_dir",)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
 
 @dataclass
 class RunRecord:
@@ -162,6 +188,49 @@ class RunDir:
         if saved is None:
             return []
         return [k for k in sections if saved.get(k) != now.get(k)]
+
+    def resume_changes(
+        self, cfg: Any
+    ) -> tuple[dict[str, tuple[Any, Any]], dict[str, tuple[Any, Any]]]:
+        """Settings of ``cfg`` that differ from the run's config.yaml, by dotted key as
+        ``(saved, now)``: ``(refused, allowed)``, allowed being :data:`RESUME_MAY_CHANGE`.
+
+        Keys only one side has (a run written by another layra version) are not compared.
+        """
+        from layra.config import to_dict
+
+        saved = self.read_config()
+        if saved is None:
+            return {}, {}
+        old, now = _flatten(saved), _flatten(to_dict(cfg))
+        differ = {
+            k: (old[k], now[k])
+            for k in old
+            if k in now and k not in _NOT_COMPARED and old[k] != now[k]
+        }
+        allowed = {k: v for k, v in differ.items() if k in RESUME_MAY_CHANGE}
+        refused = {k: v for k, v in differ.items() if k not in RESUME_MAY_CHANGE}
+        return refused, allowed
+
+    def record_resume(self, step: int, changed: dict[str, tuple[Any, Any]]) -> None:
+        """Append one line to ``resumes.jsonl``: the step a session resumed from and the
+        settings it changed (``{key: [before, after]}``), so config.yaml's values, which
+        are the latest, and the run's history agree."""
+        import time
+
+        from layra.atomic import atomic_write_text
+
+        path = self.path / "resumes.jsonl"
+        try:
+            before = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            before = ""
+        rec = {
+            "step": step,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "changed": {k: list(v) for k, v in changed.items()},
+        }
+        atomic_write_text(path, before + json.dumps(rec) + "\n")
 
     def seed(self) -> int | None:
         """The run's training seed (``train.seed`` of its config.yaml), None if unknown."""

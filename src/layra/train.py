@@ -28,9 +28,17 @@ import torch
 
 from layra import distributed as dist
 from layra.atomic import atomic_dir, atomic_write_text
-from layra.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from layra.checkpoint import (
+    checkpoint_problem,
+    checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from layra.config import RunConfig, TrainConfig, to_dict, validate
 from layra.errors import LayraError
+from layra.lock import output_lock
 from layra.rundir import RunDir, RunRecord
 
 
@@ -235,11 +243,13 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
             f"output directory {out} exists; pass --resume to continue it or --overwrite"
         )
     check_writable(rd.run_json)
-    if resume and rd.config_yaml.exists():
-        differ = rd.differing_settings(cfg, ("model", "method", "data"))
-        if differ:
+    if resume:
+        refused, _ = rd.resume_changes(cfg)
+        if refused:
+            what = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in refused.items())
             raise LayraError(
-                f"--resume: {differ[0]} settings differ from the run in {out}; use a new output_dir"
+                f"--resume: settings differ from the run in {out} ({what}); they cannot change "
+                "mid-run: resume with the run's values or train into a new output_dir"
             )
     if overwrite and out.exists() and not resume:
         shutil.rmtree(out)
@@ -348,12 +358,39 @@ def train_model(
     kill would (tests resume from it). ``merge_in_place``: for ``merge: true`` merge a
     LoRA model into its own weights (no second copy in memory); the returned model is
     then not to be used.
+
+    The output directory is locked for the whole run (:mod:`layra.lock`; by the first
+    process of a multi-process run): a second writer, ``--overwrite`` included, is refused.
     """
+    first = int(os.environ.get("RANK", "0")) == 0
+    what = f"output_dir {cfg.output_dir}"
+    with output_lock(cfg.output_dir, what) if first else contextlib.nullcontext():
+        return _train_model(cfg, resume, overwrite, progress, should_stop, merge_in_place)
+
+
+def _train_model(
+    cfg: RunConfig,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+    should_stop: StopWhen | None,
+    merge_in_place: bool,
+) -> TrainResult:
     from layra.embeddings import select_rows
 
+    created = not Path(cfg.output_dir).exists()
+    # Settings this session changes (only those RESUME_MAY_CHANGE; others are refused
+    # below): read before config.yaml is rewritten with them.
+    changed = RunDir(cfg.output_dir).resume_changes(cfg)[1] if resume else {}
     out = _check_and_prepare(cfg, resume, overwrite)
     acc, prec, say = _make_accelerator(cfg, out, resume, progress)
-    tok, packed = _load_data(cfg, out, acc, say, progress)
+    try:
+        tok, packed = _load_data(cfg, out, acc, say, progress)
+    except BaseException:
+        # Unreadable data: a folder this call created holds nothing worth keeping.
+        if created and acc.is_main_process:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     rows = select_rows(cfg.method, tok, packed.blocks, say)  # None unless method.embeddings=rows
     if acc.is_main_process:
         _write_how_made(cfg, out, acc, prec)
@@ -362,6 +399,11 @@ def train_model(
     parts = _make_optimizer(cfg.train, built.model, steps, acc, prec.name, say)
     ckpt = Checkpointer(RunDir(out).checkpoints, parts, cfg.train)
     start, tokens = ckpt.resume(say) if resume else (0, 0)
+    if resume and acc.is_main_process:
+        RunDir(out).record_resume(start, changed)
+        if changed:
+            what = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            say(f"resume: applying {what} from step {start} (recorded in resumes.jsonl)")
     log = MetricLog(RunDir(out).log_jsonl, acc, start)
     desc = f"train {built.plan.method}"
     fit = _fit(
@@ -562,18 +604,60 @@ class Checkpointer:
         self.root, self.parts, self.keep, self.seed = root, parts, t.keep_checkpoints, t.seed
 
     def resume(self, say) -> tuple[int, int]:
-        """Load the latest checkpoint, if any: (steps done, tokens seen)."""
+        """Load the newest intact checkpoint, if any: (steps done, tokens seen).
+
+        A damaged one (:func:`~layra.checkpoint.checkpoint_problem`, or one that fails to
+        load) is set aside as ``damaged-step-N`` so pruning never keeps it over a good one,
+        and the run says which one it resumes from and why, in one line on stderr.
+        """
+        import sys
+
         p = self.parts
-        last = latest_checkpoint(self.root)
-        if last is None:
+        found = checkpoints(self.root)
+        if not found:
             say("resume: no checkpoint yet, starting from step 0")
             return 0, 0
-        if dist.is_sharded_checkpoint(last):
-            meta = dist.load_sharded(last, p.model, p.optimizer, p.scheduler, p.acc)
+        skipped: list[tuple[Path, str]] = []
+        for path in reversed(found):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                try:
+                    meta = self._load(path)
+                except LayraError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - bytes the header check cannot see
+                    first = (str(e).strip().splitlines() or [""])[0][:120]
+                    problem = f"it does not load ({type(e).__name__}: {first})"
+                else:
+                    break
+            skipped.append((path, problem))
         else:
-            meta = load_checkpoint(last, p.model, p.optimizer, p.scheduler)
-        say(f"resume: from {last} (step {meta['step']})")
+            what = "; ".join(f"{q.name}: {why}" for q, why in skipped)
+            raise LayraError(
+                f"--resume: no intact checkpoint in {self.root} ({what}); "
+                "start again with --overwrite"
+            )
+        p.acc.wait_for_everyone()  # every rank has chosen before rank 0 moves any aside
+        if skipped and p.acc.is_main_process:
+            for q, _ in skipped:
+                aside = q.with_name(f"damaged-{q.name}")
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(q, aside)
+            names = ", ".join(q.name for q, _ in skipped)
+            print(
+                f"layra: warning: resuming from {path.name}, not {names}: {skipped[0][1]} "
+                f"(set aside as damaged-{skipped[0][0].name})",
+                file=sys.stderr,
+                flush=True,
+            )
+        say(f"resume: from {path} (step {meta['step']})")
         return meta["step"], meta["tokens"]
+
+    def _load(self, path: Path) -> dict[str, Any]:
+        p = self.parts
+        if dist.is_sharded_checkpoint(path):
+            return dist.load_sharded(path, p.model, p.optimizer, p.scheduler, p.acc)
+        return load_checkpoint(path, p.model, p.optimizer, p.scheduler)
 
     def check_finite(self, step: int, loss: float | None = None) -> None:
         """Stop on a non-finite ``loss`` or, without one, non-finite trained weights (the

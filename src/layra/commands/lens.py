@@ -20,8 +20,11 @@ _LANG = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 def read_texts(specs: list[str] | None) -> dict[str, tuple[Path, str]]:
     """Parse repeated ``--text LANG=PATH`` into language -> (path, text), in the order given.
 
-    Raises LayraError for a malformed spec, a repeated language, a missing or empty file.
+    Raises LayraError for a malformed spec, a repeated language, a missing, empty,
+    binary or too large file (:func:`layra.documents.read_whole_text`).
     """
+    from layra.documents import read_whole_text
+
     require(bool(specs), "give at least one --text LANG=PATH")
     out: dict[str, tuple[Path, str]] = {}
     for spec in specs:
@@ -29,11 +32,12 @@ def read_texts(specs: list[str] | None) -> dict[str, tuple[Path, str]]:
         require(bool(_LANG.match(lang)), f"--text {spec!r}: {lang!r} is not a language label")
         require(lang not in out, f"language {lang!r} given twice in --text")
         p = Path(path).expanduser()
+        require(not p.is_dir(), f"text file {p} (for {lang}) is a directory, not a text file")
         require(p.is_file(), f"text file {p} (for {lang}) does not exist")
         try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise LayraError(f"text file {p} is not UTF-8: {e.reason} at byte {e.start}") from e
+            text = read_whole_text(p)  # bounded, NUL and binary files refused
+        except LayraError as e:
+            raise LayraError(f"text file {e}") from e
         require(text.strip() != "", f"text file {p} (for {lang}) is empty")
         out[lang] = (p, text)
     return out

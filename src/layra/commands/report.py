@@ -73,8 +73,10 @@ def run(args: argparse.Namespace) -> int:
     print(markdown, end="")
     if args.out:
         from layra.evaluation.plots import plot_bars, plot_tradeoff
+        from layra.lock import output_lock
 
-        with atomic_dir(Path(args.out), overwrite=args.overwrite) as tmp:
+        out = Path(args.out)
+        with output_lock(out), atomic_dir(out, overwrite=args.overwrite) as tmp:
             atomic_write_text(tmp / "report.md", markdown)
             for t in tables:
                 atomic_write_text(tmp / f"{t.benchmark}.csv", to_csv(t))

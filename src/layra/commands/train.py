@@ -29,7 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dry-run", action="store_true", help="validate and show what would train, then stop"
     )
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress output, no transformers/PEFT deprecation warnings",
+    )
     p.set_defaults(func=run)
 
 
@@ -42,10 +46,22 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     if args.dry_run:
         return dry_run(cfg)
+    if args.quiet:
+        quiet_library_warnings()
     from layra.train import train
 
     train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     return 0
+
+
+def quiet_library_warnings() -> None:
+    """--quiet: no deprecation notices from transformers / PEFT (e.g. PEFT calling
+    transformers' deprecated ``is_gradient_checkpointing``): they are for library
+    authors, and print two lines on every run. layra's own warnings still print."""
+    import warnings
+
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft)(\.|$)")
 
 
 def dry_run(cfg) -> int:

@@ -79,11 +79,16 @@ def _apply(args: argparse.Namespace) -> None:
 
 
 def _show(args: argparse.Namespace) -> None:
+    from layra.errors import LayraError
     from layra.vectors import load_vector
 
     v = load_vector(args.vector)
     _summary(args.vector, v.manifest)
+    broken = []
     for e in v.entries.values():
+        bad = v.nonfinite(e)  # every value read once: a NaN makes the vector unusable
+        if bad:
+            broken.append(f"{e.name} ({bad:,})")
         extra = (
             f" rank {e.rank} scale {e.scale:g}"
             if e.kind == "lowrank"
@@ -92,7 +97,13 @@ def _show(args: argparse.Namespace) -> None:
             else ""
         )
         alias = f" (= {', '.join(e.aliases)})" if e.aliases else ""
-        print(f"  {e.name}{alias}: {e.kind} {list(e.shape)}{extra}")
+        nan = f"  NOT FINITE: {bad:,} NaN/inf values" if bad else ""
+        print(f"  {e.name}{alias}: {e.kind} {list(e.shape)}{extra}{nan}")
+    if broken:
+        raise LayraError(
+            f"{args.vector}: {len(broken)} of {len(v.entries)} tensors hold NaN/inf values: "
+            f"{', '.join(broken)}; the vector cannot be applied"
+        )
 
 
 def _summary(path, m: dict) -> None:
@@ -216,7 +227,10 @@ def _add_combine(vs) -> None:
 
 def _add_show(vs) -> None:
     s = subparser(
-        vs, "show", "print a vector's manifest summary and tensors", "layra vector show vectors/gl"
+        vs,
+        "show",
+        "print a vector's manifest summary and tensors; exit 2 if any holds NaN/inf",
+        "layra vector show vectors/gl",
     )
     s.add_argument("vector")
     s.set_defaults(func=_show)

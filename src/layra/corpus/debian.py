@@ -33,6 +33,7 @@ from layra.corpus.mo import read_mo
 from layra.corpus.output import reuse_existing, summary_lines, write_corpus
 from layra.corpus.split import Document, check_fraction
 from layra.errors import LayraError
+from layra.lock import holds_output_lock
 
 WESNOTH_BRANCH = "1.16"  # the branch Debian 12 ships; package names carry it
 WESNOTH_CAMPAIGNS = (
@@ -221,6 +222,7 @@ def _read_sources(sources: list[str], langs: list[str], cache: Path, min_words: 
     return read
 
 
+@holds_output_lock("out")
 def build_debian_corpus(
     langs: list[str] | str,
     out: Path | str,

@@ -24,6 +24,7 @@ from layra.corpus.split import Document, check_fraction
 from layra.data import iter_documents
 from layra.documents import split_documents
 from layra.errors import LayraError
+from layra.lock import holds_output_lock
 
 
 def parse_inputs(specs: list[str]) -> dict[str, list[str]]:
@@ -59,6 +60,7 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+@holds_output_lock("out")
 def build_files_corpus(
     inputs: dict[str, list[str]],
     out: Path | str,

@@ -20,6 +20,7 @@ from layra.corpus.langs import check_lang_code
 from layra.corpus.output import reuse_existing
 from layra.corpus.split import check_fraction
 from layra.errors import LayraError
+from layra.lock import holds_output_lock
 
 
 def _first_line(e: BaseException) -> str:
@@ -82,6 +83,7 @@ def stream_texts(
     return rows()
 
 
+@holds_output_lock("out")
 def build_hf_corpus(
     dataset: str,
     out: Path | str,

@@ -4,7 +4,7 @@
 
 What is measured, exactly (:func:`bits_per_byte`; docs/evaluation.md):
 
-1. **Documents.** :func:`layra.documents.read_documents`: a ``.txt`` file's documents
+1. **Documents.** :func:`layra.documents.read_leading_documents`: a ``.txt`` file's documents
    are its blank-line separated blocks (the format of a corpus' ``heldout.txt``), a
    ``.jsonl`` file's are its rows' ``text`` (a run's ``heldout/LANG.jsonl``); stripped,
    empty ones dropped. With ``max_bytes`` the first documents whose UTF-8 sizes add up
@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from layra.arch import describe, unwrap
-from layra.documents import read_documents
+from layra.documents import read_leading_documents
 from layra.errors import LayraError, require
 
 # Float32 logits for at most this many (position, vocab) entries exist at once: 64 MiB.
@@ -121,15 +121,20 @@ def slice_hash(docs: list[str] | tuple[str, ...]) -> str:
 def load_text(lang: str, path: str | Path, max_bytes: int | None = None) -> TextSlice:
     """Read a held-out file into the :class:`TextSlice` that will be scored.
 
-    Raises :class:`LayraError` for a missing, unreadable, non-UTF-8 or empty file.
+    Raises :class:`LayraError` for a missing, unreadable, non-UTF-8, binary or empty
+    file, and a directory; reads no further than ``max_bytes`` need
+    (:func:`layra.documents.read_leading_documents`).
     """
     p = Path(path)
+    require(max_bytes is None or max_bytes > 0, f"--max-bytes must be positive, got {max_bytes}")
+    require(not p.is_dir(), f"text file for {lang}: {p} is a directory, not a text file")
     require(p.is_file(), f"text file for {lang} not found: {p}")
     try:
-        all_docs = read_documents(p)
+        # Stops reading once max_bytes are decided: the same documents select_documents
+        # keeps from the whole file, without reading it whole.
+        docs, truncated = read_leading_documents(p, max_bytes)
     except LayraError as e:
         raise LayraError(f"text file for {lang}: {e}") from e
-    docs, truncated = select_documents(all_docs, max_bytes)
     require(bool(docs), f"text file {p} ({lang}) has no text")
     return TextSlice(
         lang=lang,

@@ -24,6 +24,7 @@ from layra.evaluation.bpb import SCORING, bits_per_byte, load_text
 from layra.evaluation.langs import normalize_lang
 from layra.evaluation.modelspec import LoadedModel, evaluated_fingerprint, load_spec
 from layra.evaluation.store import ResultStore, record_key
+from layra.lock import holds_output_lock
 from layra.models import parse_dtype
 from layra.provenance import provenance
 
@@ -83,6 +84,7 @@ def _identity(model: dict[str, Any], **parts: Any) -> dict[str, Any]:
     return {"name": model["name"], "weights": model["fingerprint"], **seed, **parts}
 
 
+@holds_output_lock("store_dir", "results store {}", shared=True)
 def run_bpb(
     model_arg: str,
     texts: list[tuple[str, str | Path]],
@@ -195,6 +197,22 @@ def _task_record(ident, model, ref, data, res, settings, dtype: str) -> dict[str
     }
 
 
+def _require_lm_eval() -> None:
+    """lm-eval is an optional extra: say how to install it before any model is loaded."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("lm_eval") is not None
+    except (ImportError, ValueError):  # a broken or stubbed-out installation
+        found = False
+    require(
+        found,
+        "layra eval tasks needs lm-evaluation-harness, which is not installed: "
+        "pip install 'layra[eval]'",
+    )
+
+
+@holds_output_lock("store_dir", "results store {}", shared=True)
 def run_tasks(
     model_arg: str,
     families: list[str],
@@ -215,6 +233,7 @@ def run_tasks(
     :class:`LayraError` lists the failures (finished records are already stored).
     """
     require(limit is None or limit > 0, f"--limit must be positive, got {limit}")
+    _require_lm_eval()
     dt = _dtype_name(dtype, say)
     fams = [family.name for family in map(T.family, families)]  # unknown names fail here
     tm = T.task_manager(task_dir)

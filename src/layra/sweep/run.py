@@ -15,6 +15,7 @@ from typing import Any
 
 from layra.config import to_dict
 from layra.errors import require
+from layra.lock import holds_output_lock
 from layra.rundir import RunDir
 from layra.sweep.grid import (
     UNSAFE_CHARS,
@@ -114,6 +115,7 @@ def _write_how_made(cfg: SweepConfig, out: Path) -> None:
     atomic_write_json(out / "provenance.json", provenance())
 
 
+@holds_output_lock("cfg.out", "sweep output {}", subdirs=("results",))
 def run_sweep(cfg: SweepConfig, progress: bool = True, say: Say | None = None) -> dict[str, Any]:
     """Train, evaluate and report every point of ``cfg`` (skipping finished ones).
 

@@ -28,6 +28,7 @@ from layra.arch import unwrap
 from layra.atomic import atomic_dir, atomic_write_json
 from layra.errors import LayraError
 from layra.fingerprint import sample_positions
+from layra.lock import holds_output_lock
 from layra.provenance import provenance
 from layra.vectors.arithmetic import (
     APPLY_CHUNK_BYTES,
@@ -240,6 +241,7 @@ def _copy_aux(src: Path, dst: Path, shard_names: set[str]) -> dict | None:
     return previous
 
 
+@holds_output_lock("out")
 def apply_to_dir(
     model: str | Path,
     vectors: Sequence[VectorSpec],

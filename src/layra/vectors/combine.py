@@ -20,6 +20,7 @@ import torch
 
 from layra.atomic import atomic_dir
 from layra.errors import LayraError
+from layra.lock import holds_output_lock
 from layra.provenance import provenance
 from layra.vectors.arithmetic import FP32, concat_lowrank
 from layra.vectors.format import (
@@ -83,6 +84,7 @@ def _manifest(weighted: list[tuple[Vector, float]], forced: bool) -> dict[str, A
     }
 
 
+@holds_output_lock("out")
 def combine(
     vectors: Sequence[VectorSpec],
     out: str | Path,

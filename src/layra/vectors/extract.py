@@ -28,6 +28,7 @@ import torch
 
 from layra.atomic import atomic_dir
 from layra.errors import LayraError
+from layra.lock import holds_output_lock
 from layra.provenance import provenance
 from layra.vectors.arithmetic import FP32
 from layra.vectors.format import Entry, VectorWriter, planned_keys, write_delta
@@ -98,6 +99,7 @@ def _base_reader(src: Source, name: str):
 # --- from a run ------------------------------------------------------------------------
 
 
+@holds_output_lock("out")
 def extract_run(
     run: str | Path,
     out: str | Path,
@@ -283,6 +285,7 @@ def _from_trained(
 # --- from two checkpoints --------------------------------------------------------------
 
 
+@holds_output_lock("out")
 def diff_models(
     start: str | Path,
     trained: str | Path,

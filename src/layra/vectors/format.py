@@ -157,6 +157,20 @@ class Vector:
             self._row_ids[e.name] = got
         return got
 
+    def nonfinite(self, e: Entry, block_bytes: int = 64 << 20) -> int:
+        """How many stored values of ``e`` are NaN or infinite (read in row blocks of
+        about ``block_bytes``, so a large dense delta never sits in memory whole)."""
+        bad = 0
+        for key in e.keys:
+            info = self.stored[key]
+            if not info.dtype.is_floating_point:
+                continue  # row ids
+            step = max(1, block_bytes // max(1, info.row_bytes))
+            for lo in range(0, info.rows, step):
+                t = read_rows(info, lo, min(info.rows, lo + step))
+                bad += int((~torch.isfinite(t)).sum())
+        return bad
+
     @cached_property
     def _row_ids(self) -> dict[str, torch.Tensor]:
         return {}
