@@ -93,6 +93,9 @@ class DataConfig:
     heldout_fraction: float = 0.01  # share of documents held out (hash of the text decides)
     heldout_max_docs: int = 1000  # per language; keeps held-out files small on big corpora
     shuffle: bool = True
+    # Where prepared (tokenized, memory-mapped) data is kept and found again; None:
+    # $LAYRA_DATA_CACHE, else $LAYRA_CACHE/prepared, else ~/.cache/layra/prepared.
+    cache_dir: str | None = None
 
 
 @dataclass

@@ -4,6 +4,7 @@
     docs = read_documents("runs/gl/heldout/glg.jsonl")     # .txt, or .jsonl rows {"text": ...}
     docs, cut = read_leading_documents("gl.txt", 4000)     # stops reading after ~4000 bytes
     text = documents_jsonl(docs)                           # exact: read_documents gives docs back
+    for start, end in block_spans(raw_bytes): doc = span_document(raw_bytes[start:end])
 
 A **blank line** is a line (``\\n``-terminated; ``\\r\\n`` counts as ``\\n``) whose
 characters are all whitespace, or none. A ``.txt`` file's documents are the blocks
@@ -16,6 +17,11 @@ Files are read in chunks, never whole: reading stops once ``max_bytes`` of docum
 are in hand, a file with a NUL byte or mostly control bytes is refused as not text,
 and no document (or JSONL line) may be larger than :data:`MAX_DOCUMENT_BYTES`, so a
 tokenizer is never handed one multi-GB string.
+
+The same rule works on raw UTF-8 bytes (:func:`block_spans`, :func:`blank_line_cut`), so a
+``.txt`` file of any size is split in pieces without decoding it whole, and a document is
+found again by its byte span (the prepared-data store, :mod:`layra.prepare`):
+``[span_document(b) for b in blocks] == split_documents(text)`` with empty ones dropped.
 """
 
 from __future__ import annotations
@@ -39,6 +45,83 @@ MAX_DOCUMENT_BYTES = 16 << 20
 # Control bytes (not tab, newline, carriage return, form feed) that make a chunk "binary".
 _CONTROL = bytes([*range(0, 9), 11, *range(14, 32), 127])
 MAX_CONTROL_SHARE = 0.1
+
+
+def _blank_line_bytes() -> re.Pattern[bytes]:
+    """``_BLANK_LINE`` on UTF-8 bytes: the same blank lines, byte for byte.
+
+    ``[^\\S\\n]`` (whitespace other than a newline) is spelled out as the UTF-8 encodings of
+    the characters it matches; all of them lie below U+3001 (a test checks every code point).
+    """
+    chars = [chr(c) for c in range(0x3001) if _NL_SPACE.fullmatch(chr(c))]
+    single = b"".join(re.escape(c.encode()) for c in chars if len(c.encode()) == 1)
+    multi = b"|".join(re.escape(c.encode()) for c in chars if len(c.encode()) > 1)
+    return re.compile(rb"\n(?:[" + single + rb"]|" + multi + rb")*\n")
+
+
+_NL_SPACE = re.compile(r"[^\S\n]")
+_BLANK_LINE_BYTES = _blank_line_bytes()
+
+
+def block_spans(data: bytes) -> list[tuple[int, int]]:
+    """Byte spans of the blocks between blank lines of UTF-8 ``data`` (empty ones included).
+
+    ``span_document(data[s:e])`` for each span, empty results dropped, gives exactly
+    ``split_documents(data.decode())``: a ``\\r`` before ``\\n`` is whitespace to the byte
+    rule, as it is after ``split_documents`` folds ``\\r\\n``.
+    """
+    spans, pos = [], 0
+    for m in _BLANK_LINE_BYTES.finditer(data):
+        spans.append((pos, m.start()))
+        pos = m.end()
+    spans.append((pos, len(data)))
+    return spans
+
+
+def blank_line_cut(data: bytes, tail: int = 1 << 20) -> int:
+    """A position just after a blank line of ``data`` (the last one found), or -1 if none.
+
+    Cutting text there does not change its documents: the documents of ``data[:cut]``
+    followed by those of the rest are the documents of the whole (a test checks it).
+    Only the last ``tail`` bytes are searched first, so a cut costs little on big pieces.
+    """
+    for start in (max(0, len(data) - tail), 0):
+        last = -1
+        for m in _BLANK_LINE_BYTES.finditer(data, start):
+            last = m.end()
+        if last >= 0 or start == 0:
+            return last
+    return -1
+
+
+def txt_pieces(path: str | Path, piece_bytes: int = 1 << 24) -> Iterator[tuple[int, bytes]]:
+    """A text file as ``(offset, bytes)`` pieces of about ``piece_bytes``, each cut just
+    after a blank line (so their documents are the file's), read in bounded memory.
+
+    Raises :class:`LayraError` for bytes that are not text (:func:`check_text_bytes`) and
+    for more than :data:`MAX_DOCUMENT_BYTES` without a blank line (one document too large).
+    """
+    with open(path, "rb") as f:
+        buf, base = b"", 0
+        while True:
+            raw = f.read(piece_bytes)
+            check_text_bytes(raw, base + len(buf), Path(path))
+            buf += raw
+            cut = len(buf) if not raw else blank_line_cut(buf)
+            if cut < 0:
+                if len(buf) > MAX_DOCUMENT_BYTES:
+                    raise _too_large(Path(path), f"the text from byte {base:,} (no blank line)")
+                continue
+            if cut:
+                yield base, buf[:cut]
+            buf, base = buf[cut:], base + cut
+            if not raw:
+                return
+
+
+def span_document(raw: bytes) -> str:
+    """The document a block's bytes hold (``""`` for a blank block); raises UnicodeDecodeError."""
+    return raw.decode("utf-8").replace("\r\n", "\n").strip()
 
 
 def split_documents(text: str) -> list[str]:
