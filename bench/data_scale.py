@@ -16,6 +16,8 @@ fresh process, one after another:
 - ``layra``: ``layra.prepare.prepare`` with its defaults (held-out fraction 0.01 with the
   near-duplicate check, seeded sample, seq_len 2048 blocks, a worker per core,
   verification of every shard).
+- ``layra-noheld``: the same with ``heldout_fraction: 0`` -- held-out text made apart, as
+  ``layra corpus`` does (no per-document hash, no near-duplicate check).
 
 Memory: each job's own peak RSS (``ru_maxrss``) and baseline (after imports and the
 tokenizer), and the peak of the whole process tree (workers included), sampled every
@@ -141,7 +143,7 @@ def _child_nanogpt(model: str, text: Path, work: Path) -> dict:
     return {"tokens": total, "wall_s": wall, "work_s": wall, "base_kib": base}
 
 
-def _child_layra(model: str, text: Path, work: Path) -> dict:
+def _child_layra(model: str, text: Path, work: Path, heldout_fraction: float = 0.01) -> dict:
     from layra.config import DataConfig, SourceConfig
     from layra.models import load_tokenizer
     from layra.prepare import prepare
@@ -151,6 +153,7 @@ def _child_layra(model: str, text: Path, work: Path) -> dict:
     cfg = DataConfig(
         sources=[SourceConfig(path=str(text), lang="glg")],
         seq_len=2048,
+        heldout_fraction=heldout_fraction,
         cache_dir=str(work / "prepared"),
     )
     t0 = time.perf_counter()
@@ -169,6 +172,8 @@ def child(args) -> None:
         res = _child_tokenizer(args.model, Path(args.text))
     elif args.child == "nanogpt":
         res = _child_nanogpt(args.model, Path(args.text), work)
+    elif args.child == "layra-noheld":
+        res = _child_layra(args.model, Path(args.text), work, heldout_fraction=0.0)
     else:
         res = _child_layra(args.model, Path(args.text), work)
     res["peak_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -204,7 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", default="~/.cache/layra/gemma3-270m", help="tokenizer source")
     ap.add_argument("--text", help="Galician .txt to recombine (layra corpus debian --langs glg)")
     ap.add_argument("--sizes", default="10,40,160", help="millions of tokens, comma-separated")
-    ap.add_argument("--jobs", default="tokenizer,nanogpt,layra")
+    ap.add_argument("--jobs", default="tokenizer,nanogpt,layra,layra-noheld")
+    ap.add_argument("--markdown", help="write the results here as a Markdown table")
     ap.add_argument("--workdir", help="where texts and outputs go (default: a temp folder)")
     ap.add_argument("--out", help="write the results here as JSON")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -246,7 +252,30 @@ def main(argv: list[str] | None = None) -> dict:
            "rows": rows}  # fmt: skip
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(out))
     return out
+
+
+def markdown(out: dict) -> str:
+    """The results as a Markdown table; throughput also relative to the bare tokenizer."""
+    bare = {r["size_m"]: r["tokens_per_s"] for r in out["rows"] if r["job"] == "tokenizer"}
+    lines = [
+        f"{out['cpu'].get('model', '?')}, {out['cores']} cores, {out['date']}",
+        "",
+        "| tokens | job | wall s | tokens/s | × tokenizer | peak RSS (base) GiB | over base GiB "
+        "| tree peak GiB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in out["rows"]:
+        gib = lambda k, r=r: r[k] / 2**20  # noqa: E731
+        rel = r["tokens_per_s"] / bare[r["size_m"]] if r["size_m"] in bare else float("nan")
+        lines.append(
+            f"| {r['tokens'] / 1e6:.1f} M | {r['job']} | {r['wall_s']:.1f} | "
+            f"{r['tokens_per_s']:,.0f} | {rel:.2f} | {gib('peak_kib'):.2f} ({gib('base_kib'):.2f}) "
+            f"| {gib('peak_kib') - gib('base_kib'):.2f} | {gib('tree_peak_kib'):.2f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

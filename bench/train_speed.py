@@ -145,6 +145,7 @@ def layra_config(spec: dict) -> dict:
             "seq_len": spec["seq_len"],
             "max_tokens": spec["blocks"] * spec["seq_len"],
             "heldout_fraction": 0.0,
+            "cache_dir": spec["prepared"],  # prepared here once; `layra train` reuses it
         },
         "train": {
             "batch_size": spec["batch"],
@@ -250,9 +251,10 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
 
     import yaml
+    from safetensors.torch import save_file
 
     from layra.config import load_config
-    from layra.data import build_dataset, save_packed
+    from layra.data import build_dataset
     from layra.models import load_tokenizer
     from layra.precision import announce, cpu_info, resolve_precision
 
@@ -291,7 +293,8 @@ def main(argv: list[str] | None = None) -> dict:
             "device": args.device,
             "run_dir": str(work / "layra"),
             "workdir": str(work / "reference"),
-            "data": str(work / "layra" / "data.safetensors"),
+            "data": str(work / "blocks.safetensors"),
+            "prepared": str(work / "prepared"),
             "result": str(work / "reference.json"),
         }
         cfg_data = layra_config(spec)
@@ -302,7 +305,8 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(
                 f"{text} packs into {len(packed.blocks)} blocks; need {spec['blocks']}"
             )
-        save_packed(packed, Path(spec["run_dir"]))  # `layra train --resume` reuses it
+        # The reference reads the same blocks from one file (a bench-sized tensor).
+        save_file({"blocks": packed.blocks[:]}, spec["data"])
         (work / "spec.json").write_text(json.dumps(spec))
 
         env = dict(os.environ, TOKENIZERS_PARALLELISM="false")

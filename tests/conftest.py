@@ -4,6 +4,11 @@ from pathlib import Path
 
 # No test reaches the network: hub ids fail (or resolve from the cache) at once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Prepared training data (layra.prepare) goes to a cache of this session, not ~/.cache.
+if "LAYRA_DATA_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["LAYRA_DATA_CACHE"] = tempfile.mkdtemp(prefix="layra-test-data-")
 
 import pytest
 

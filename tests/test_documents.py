@@ -6,7 +6,7 @@ import pytest
 
 from layra.config import DataConfig, SourceConfig
 from layra.corpus.files import document_paragraphs
-from layra.data import build_dataset, iter_documents, load_packed, save_packed
+from layra.data import build_dataset, iter_documents
 from layra.documents import documents_jsonl, read_documents, split_documents
 from layra.errors import LayraError
 from layra.evaluation.bpb import load_text
@@ -59,7 +59,12 @@ def test_run_heldout_text_saves_and_reloads_exactly(tmp_path, tok):
     packed = build_dataset(cfg, tok)
     held = packed.heldout["glg"]
     assert held and all(d in rows for d in held)
-    save_packed(packed, tmp_path / "run")
-    assert load_packed(tmp_path / "run").heldout == {"glg": held}
+    # The prepared data keeps them as JSONL, and so does a run directory (layra.train).
+    again = build_dataset(cfg, tok)
+    assert again.heldout == {"glg": held}
+    from layra.rundir import RunDir
+    from layra.train import _record_data
+
+    _record_data(RunDir(tmp_path / "run"), packed)
     # `layra eval bpb --text glg=RUN/heldout/glg.jsonl` scores the same documents.
     assert list(load_text("glg", tmp_path / "run" / "heldout" / "glg.jsonl").docs) == held

@@ -193,7 +193,7 @@ def test_each_treatment_trains_exactly_the_rows_it_says(
     if treatment == "rows":
         # The chosen set, recomputed independently from the packed training blocks.
         tok = tiny.make_tokenizer()
-        blocks = load_file(out / "data.safetensors")["blocks"]
+        blocks = tiny.run_blocks(out)
         special = set(tok.all_special_ids)
         want = choose_rows(
             block_counts(blocks, special),
@@ -221,7 +221,7 @@ def test_each_treatment_trains_exactly_the_rows_it_says(
     if treatment == "rows" and not tied:
         # An untied embedding row moves only if its token was an input in the 3 steps
         # (blocks 0-5; a block's last token is never an input that reaches the loss).
-        blocks = load_file(out / "data.safetensors")["blocks"]
+        blocks = tiny.run_blocks(out)
         seen = set(blocks[:6, :-1].flatten().tolist())
         assert _changed_rows(emb0, emb1) == [r for r in expected if r in seen]
     else:
@@ -383,7 +383,7 @@ def test_no_embedding_decay_keeps_unseen_rows_bit_identical(model_dirs, corpus_d
         out, model = result.run_dir, result.model
         run = json.loads((out / "run.json").read_text())
         assert run["plan"]["embeddings_weight_decay"] == wd
-        blocks = load_file(out / "data.safetensors")["blocks"]
+        blocks = tiny.run_blocks(out)
         seen = set(blocks[:6].flatten().tolist())  # 3 steps x batch 2
         unseen = [r for r in range(emb0.shape[0]) if r not in seen and emb0[r].any()]
         assert len(unseen) > 50

@@ -99,24 +99,32 @@ def _steps(out: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
 
 
-# save_packed's writes: held-out text (rename), data_stats.json (rename), the blocks
-# (save_file), data.safetensors (rename). Kill before each, and after the last.
-PACK_KILL_POINTS = [1, 2, 3, 4, -1]
+# _record_data's writes into the run: held-out text (rename), data_stats.json (rename),
+# data.json (rename), which names the prepared data. Kill before each, and after the last.
+# (Kills inside the preparation itself: tests/test_prepare.py.)
+RECORD_KILL_POINTS = [1, 2, 3, -1]
 
 
-def test_a_kill_at_each_packing_step_leaves_a_resumable_run(
+def _recorded(out: Path) -> tuple:
+    return (
+        (out / "heldout" / "glg.jsonl").read_text(),
+        json.loads((out / "data_stats.json").read_text()),
+        json.loads((out / "data.json").read_text()),
+    )
+
+
+def test_a_kill_while_recording_the_data_leaves_a_resumable_run(
     model_dirs, corpus_dir, tmp_path, capfd
 ):
-    from layra.data import load_packed
     from layra.train import train
 
     m, gl = model_dirs["llama"], corpus_dir / "gl.txt"
     over = ["method.k=1", "method.m=1", "train.max_steps=2", "train.trackers=none"]
     ref = train(tiny.run_cfg(m, gl, tmp_path / "ref", extra=over), progress=False)
-    want = load_packed(ref)
-    for n in PACK_KILL_POINTS:
+    want = _recorded(ref)
+    for n in RECORD_KILL_POINTS:
         out = tmp_path / f"killed-{n}"
-        r = _kill_run(tmp_path, "layra.data.save_packed", n, m, gl, out, "layra", over)
+        r = _kill_run(tmp_path, "layra.train._record_data", n, m, gl, out, "layra", over)
         assert r.returncode == 137, (n, r.stdout, r.stderr[-2000:])
         assert not (out / "run.json").exists()
         left = _temps(out)
@@ -125,20 +133,10 @@ def test_a_kill_at_each_packing_step_leaves_a_resumable_run(
         err = capfd.readouterr().err
         for p in left:  # what the killed run left is named when removed
             assert f"removed stale temporary {p}" in err, (n, err)
-        got = load_packed(out)
-        assert torch.equal(got.blocks, want.blocks), n
-        assert got.heldout == want.heldout and got.stats == want.stats, n
+        assert _recorded(out) == want, n
         assert json.loads((out / "run.json").read_text())["status"] == "complete"
         assert _temps(out) == [], n
         assert _steps(out) == [1, 2], n
-    # A run killed under the old order (data.safetensors renamed in first, the rest never
-    # written) is packed again on --resume, not refused.
-    old = tmp_path / "killed-old-order"
-    old.mkdir()
-    (old / "data.safetensors").write_bytes((ref / "data.safetensors").read_bytes())
-    train(tiny.run_cfg(m, gl, old, extra=over), resume=True, progress=False)
-    assert "removed incomplete packed data" in capfd.readouterr().err
-    assert load_packed(old).stats == want.stats
 
 
 def test_kills_in_checkpoint_and_adapter_writes_are_cleaned_and_logged_once(

@@ -138,3 +138,13 @@ def run_cfg(model_dir, corpus, out, method="layra", extra=()):
             *extra,
         ],
     )
+
+
+def run_blocks(run_dir: Path) -> torch.Tensor:
+    """The training blocks a run trained on (through the prepared data its data.json names)."""
+    import json
+
+    from layra.prepare import open_prepared
+
+    rec = json.loads((Path(run_dir) / "data.json").read_text())
+    return open_prepared(Path(rec["prepared"]), verify=False).blocks[:]

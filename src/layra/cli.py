@@ -19,6 +19,7 @@ from layra.errors import LayraError
 # Order here is the order in `layra --help`.
 COMMANDS = (
     "train",
+    "data",
     "plan",
     "vector",
     "eval",

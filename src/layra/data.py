@@ -161,10 +161,12 @@ def iter_documents(src: SourceConfig, shuffle_seed: int | None = None) -> Iterat
 
 def is_heldout(text: str, fraction: float) -> bool:
     """Whether a document belongs to the held-out slice (see the module docstring)."""
-    if fraction <= 0:
-        return False
-    key = normal_key(text).encode("utf-8")
-    h = int.from_bytes(hashlib.sha256(key).digest()[:8], "big")
+    return fraction > 0 and key_is_heldout(normal_key(text), fraction)
+
+
+def key_is_heldout(key: str, fraction: float) -> bool:
+    """:func:`is_heldout` for a document whose ``normal_key`` is ``key``."""
+    h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
     return h / 2**64 < fraction
 
 

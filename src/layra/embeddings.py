@@ -98,11 +98,16 @@ def choose_rows(
     return assign_tokens(counts, ratio=ratio, min_count=min_count, exclude=set(exclude))[_TRAIN]
 
 
-def block_counts(blocks: torch.Tensor, exclude: Iterable[int] = ()) -> Counter[int]:
-    """Token counts of packed training blocks, ``exclude`` (special tokens) left out."""
-    ids, n = torch.unique(blocks.reshape(-1), return_counts=True)
-    skip = set(exclude)
-    return Counter({i: c for i, c in zip(ids.tolist(), n.tolist(), strict=True) if i not in skip})
+def block_counts(blocks, exclude: Iterable[int] = ()) -> Counter[int]:
+    """Token counts of the training blocks (a tensor, or a :class:`layra.tokenstore.BlockStore`
+    read a chunk at a time), ``exclude`` (special tokens) left out."""
+    counts: Counter[int] = Counter()
+    for chunk in blocks.iter_chunks() if hasattr(blocks, "iter_chunks") else [blocks]:
+        ids, n = torch.unique(chunk.reshape(-1), return_counts=True)
+        counts.update(dict(zip(ids.tolist(), n.tolist(), strict=True)))
+    for i in set(exclude):
+        counts.pop(i, None)
+    return counts
 
 
 def reference_counts(
@@ -132,7 +137,7 @@ def reference_counts(
 def select_rows(
     method: MethodConfig,
     tokenizer,
-    blocks: torch.Tensor,
+    blocks,
     say: Callable[[str], None] | None = None,
 ) -> RowChoice | None:
     """The row set of ``method`` (None unless ``method.embeddings`` is ``rows``).

@@ -74,7 +74,10 @@ def _prefix_len(size: int, threshold: float) -> int:
 def _grams(text: str, n: int) -> set[tuple[str, ...]]:
     # shingles() as tuples: the same sets (words hold no spaces, so joining is one-to-one),
     # built without joining strings -- about twice as fast on the training side.
-    w = words(text)
+    return _word_grams(words(text), n)
+
+
+def _word_grams(w: list[str], n: int) -> set[tuple[str, ...]]:
     if len(w) < n:
         return {tuple(w)} if w else set()
     return set(zip(*(w[i:] for i in range(n)), strict=False))
@@ -111,9 +114,13 @@ class NearDupIndex:
 
     def matches(self, text: str, skip: Container[int] = ()) -> dict[int, float]:
         """``{query index: Jaccard}`` for every query (not in ``skip``) at or over the threshold."""
+        return self.matches_words(words(text), skip) if self.index else {}
+
+    def matches_words(self, w: list[str], skip: Container[int] = ()) -> dict[int, float]:
+        """:meth:`matches` for a text whose :func:`words` are ``w`` (computed once elsewhere)."""
         if not self.index:
             return {}
-        y = _grams(text, self.n)
+        y = _word_grams(w, self.n)
         if not y:
             return {}
         t = self.threshold

@@ -66,6 +66,7 @@ from layra.documents import (
 )
 from layra.errors import LayraError
 from layra.tokenstore import (
+    VERIFY_CHUNK,
     BlockStore,
     TokenWriter,
     doc_lengths,
@@ -113,12 +114,24 @@ def cache_root(cfg: DataConfig) -> Path:
     return Path(base).expanduser() / "prepared"
 
 
+_BACKEND_JSON: dict[int, tuple] = {}
+
+
+def _backend_json(tokenizer) -> str:
+    """The Rust backend's JSON (serialising Gemma 3's takes 0.3 s: done once per tokenizer)."""
+    backend = tokenizer.backend_tokenizer
+    hit = _BACKEND_JSON.get(id(tokenizer))
+    if hit is None or hit[0] is not backend:
+        hit = _BACKEND_JSON[id(tokenizer)] = (backend, backend.to_str())
+    return hit[1]
+
+
 def tokenizer_identity(tokenizer) -> str:
     """A hash of what decides the ids: the full tokenizer definition where there is one."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     h = hashlib.sha256(type(tokenizer).__name__.encode())
     if backend is not None:
-        h.update(backend.to_str().encode())
+        h.update(_backend_json(tokenizer).encode())
     else:
         h.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode())
     h.update(repr((tokenizer.bos_token_id, tokenizer.eos_token_id)).encode())
@@ -188,18 +201,18 @@ _W: dict = {}  # per worker process: tokenizer, open files, near-duplicate index
 
 def _encoder(tok_spec: tuple) -> Callable[[list[str]], list[list[int]]]:
     """Texts -> ids with special tokens, from a spec of :func:`_tokenizer_spec`."""
-    mode, payload, _ = tok_spec
+    mode, path, _ = tok_spec
     if mode == "backend":
         from tokenizers import Tokenizer
 
-        bt = Tokenizer.from_str(payload)
+        bt = Tokenizer.from_file(path)
         bt.no_padding()
         bt.no_truncation()
         enc = getattr(bt, "encode_batch_fast", bt.encode_batch)
         return lambda texts: [e.ids for e in enc(texts, add_special_tokens=True)]
-    import pickle
+    from transformers import AutoTokenizer
 
-    tok = pickle.loads(payload)  # our own tokenizer object, pickled by the parent process
+    tok = AutoTokenizer.from_pretrained(path)  # saved by the parent (save_pretrained)
     return lambda texts: tok(texts, add_special_tokens=True)["input_ids"]
 
 
@@ -221,13 +234,27 @@ def _read_span(path: str, start: int, end: int) -> bytes:
     return os.pread(fd, end - start, start)
 
 
-def _index_piece(task: tuple) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Pass 1 on one piece of a .txt file: spans of training documents, held-out documents."""
-    from layra.data import is_heldout
+def _words_key(doc: str, fraction: float) -> tuple[bool, bytes]:
+    """(held out?, the document's words joined by spaces, as UTF-8): its ``normal_key``
+    when it has words. The words are kept for the near-duplicate check of pass 2, so the
+    text is normalised and split once (``b""`` when no document is held out)."""
+    from layra.data import key_is_heldout
+    from layra.neardup import words
 
+    if fraction <= 0:
+        return False, b""
+    joined = " ".join(words(doc))
+    key = joined or " ".join(doc.casefold().split())  # normal_key's fallback
+    return key_is_heldout(key, fraction), joined.encode("utf-8")
+
+
+def _index_piece(task: tuple) -> tuple[np.ndarray, np.ndarray, list[str], bytes, np.ndarray]:
+    """Pass 1 on one piece of a .txt file: spans of training documents, held-out documents,
+    the training documents' words (joined) and the length of each."""
     path, base, end, fraction = task
     data = _read_span(path, base, end)
     starts, ends, held = array("q"), array("q"), []
+    keys, klens = [], array("q")
     for s, e in block_spans(data):
         if e - s > MAX_DOCUMENT_BYTES:
             raise LayraError(
@@ -242,19 +269,23 @@ def _index_piece(task: tuple) -> tuple[np.ndarray, np.ndarray, list[str]]:
             ) from None
         if not doc:
             continue
-        if is_heldout(doc, fraction):
+        out, key = _words_key(doc, fraction)
+        if out:
             held.append(doc)
         else:
             starts.append(base + s)
             ends.append(base + e)
-    return np.frombuffer(starts, np.int64), np.frombuffer(ends, np.int64), held
+            keys.append(key)
+            klens.append(len(key))
+    st, en = np.frombuffer(starts, np.int64), np.frombuffer(ends, np.int64)
+    return st, en, held, b"".join(keys), np.frombuffer(klens, np.int64)
 
 
 def _task_texts(task: tuple) -> list[str]:
     kind, payload = task
     if kind == "texts":
         return payload
-    paths, raw, fid, st, en = payload
+    paths, raw, fid, st, en, _ = payload
     out = []
     for f, s, e in zip(fid, st, en, strict=True):
         b = _read_span(paths[f], s, e)
@@ -262,16 +293,23 @@ def _task_texts(task: tuple) -> list[str]:
     return out
 
 
-def _near_index(cand_paths: tuple[str, ...]):
-    """This worker's :class:`NearDupIndex` of the held-out candidates (built once)."""
+def read_candidates(paths, start: int = 0, stop: int | None = None) -> list[str]:
+    """Held-out candidates ``[start, stop)`` of the files ``paths``, read in order."""
+    import itertools
+
+    docs = (doc for p in paths for doc in read_documents(p))
+    return list(itertools.islice(docs, start, stop))
+
+
+def _near_index(cands: tuple):
+    """This worker's :class:`NearDupIndex` of candidates ``(paths, start, stop)`` (built once)."""
     from layra.neardup import NearDupIndex
 
     near = _W.setdefault("near", {})
-    index = near.get(cand_paths)
+    index = near.get(cands)
     if index is None:
         near.clear()
-        docs = [doc for p in cand_paths for doc in read_documents(p)]
-        index = near[cand_paths] = NearDupIndex(docs)
+        index = near[cands] = NearDupIndex(read_candidates(*cands))
     return index
 
 
@@ -279,10 +317,10 @@ def _tokenize(task: tuple) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]
     """Pass 2: a batch of documents -> (their ids with EOS after each, one length each,
     (document in batch, held-out candidate) pairs it nearly duplicates).
 
-    The near-duplicate check runs here, on the text just read, when ``cand_paths`` are
-    given (the held-out candidates are complete: local sources only).
+    The near-duplicate check runs here, on the text just read, when held-out candidates
+    ``(paths, start, stop)`` are given.
     """
-    inner, cand_paths = task
+    inner, cands = task
     texts = _task_texts(inner)
     ids = _W["encode"](texts)
     lens = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
@@ -293,22 +331,22 @@ def _tokenize(task: tuple) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]
         out[pos + n - 1] = _W["eos"]
         pos += n
     pairs = []
-    if cand_paths:
-        index = _near_index(cand_paths)
-        for i, text in enumerate(texts):
-            pairs += [(i, h) for h in index.matches(text)]
+    if cands:
+        index = _near_index(cands)
+        for i, w in enumerate(_task_words(inner, texts)):
+            pairs += [(i, cands[1] + h) for h in index.matches_words(w)]
     return out, lens, pairs
 
 
 def _near(task: tuple) -> list[int]:
     """Pass 3: held-out candidates that some document of the batch nearly duplicates."""
 
-    cand_paths, inner = task
-    index = _near_index(cand_paths)
+    cands, inner = task
+    index = _near_index(cands)
     found: dict[int, float] = {}
-    for text in _task_texts(inner):
-        found.update(index.matches(text, skip=found))
-    return sorted(found)
+    for w in _task_words(inner, _task_texts(inner)):
+        found.update(index.matches_words(w, skip=found))
+    return sorted(cands[1] + h for h in found)
 
 
 class _Inline:
@@ -326,6 +364,25 @@ class _Inline:
         pass
 
 
+_WORKER_DIED = (
+    "a data worker process died (out of memory, killed, or it could not start: spawned "
+    "workers import the main script, whose code must be under `if __name__ == "
+    "'__main__':`); rerun to resume, or prepare with one worker (--workers 1)"
+)
+
+
+def _result(fut: Future, pool):
+    """``fut.result()``, but a worker that died without breaking the pool (one that failed
+    while starting) is an error instead of a wait forever."""
+    from concurrent.futures import wait
+
+    while not wait([fut], timeout=2.0).done:
+        procs = getattr(pool, "_processes", None) or {}
+        if any(p.exitcode is not None for p in list(procs.values())):
+            raise LayraError(_WORKER_DIED)
+    return fut.result()
+
+
 def _ordered(pool, fn, tasks, window: int) -> Iterator:
     """``fn`` over ``tasks`` in order, at most ``window`` in flight (bounded memory)."""
     from concurrent.futures.process import BrokenProcessPool
@@ -335,33 +392,34 @@ def _ordered(pool, fn, tasks, window: int) -> Iterator:
         for t in tasks:
             futs.append(pool.submit(fn, t))
             if len(futs) >= window:
-                yield futs.popleft().result()
+                yield _result(futs.popleft(), pool)
         while futs:
-            yield futs.popleft().result()
+            yield _result(futs.popleft(), pool)
     except BrokenProcessPool as e:
-        raise LayraError(
-            "a data worker process died (out of memory, killed, or it could not start: "
-            "spawned workers import the main script, which must be a file); rerun to resume, "
-            "or prepare with one worker (layra data prepare --workers 1)"
-        ) from e
+        raise LayraError(_WORKER_DIED) from e
     finally:
         for f in futs:
             f.cancel()
 
 
-def _tokenizer_spec(tokenizer, probe: list[str]) -> tuple:
-    """How workers rebuild the tokenizer: its Rust backend when that gives the same ids as
-    calling the tokenizer on ``probe`` (it does for fast tokenizers), else the pickled object."""
-    import pickle
-
+def _tokenizer_spec(tokenizer, probe: list[str], d: Path) -> tuple:
+    """How workers rebuild the tokenizer, from a file in ``d`` (a spawned worker gets its
+    start-up arguments through a pipe: a path, not megabytes): the Rust backend's JSON when
+    it gives the ids the tokenizer's own call gives on ``probe`` (fast tokenizers), else
+    the whole tokenizer (``save_pretrained``)."""
     eos = tokenizer.eos_token_id
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        spec = ("backend", backend.to_str(), eos)
-        want = tokenizer(probe, add_special_tokens=True)["input_ids"] if probe else []
-        if _encoder(spec)(probe) == want:
-            return spec
-    return ("hf", pickle.dumps(tokenizer), eos)
+        enc = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        want = tokenizer(probe, add_special_tokens=True)["input_ids"]
+        if [e.ids for e in enc(probe, add_special_tokens=True)] == want:
+            path = d / "tokenizer.json"
+            atomic_write_text(path, _backend_json(tokenizer))
+            return ("backend", str(path), eos)
+    path = d / "tokenizer"
+    if not path.exists():
+        tokenizer.save_pretrained(str(path))
+    return ("hf", str(path), eos)
 
 
 def usable_cores() -> int:
@@ -405,23 +463,29 @@ def _txt_pieces(path: str, fraction: float, bar) -> Iterator[tuple]:
         yield (path, base, base + len(piece), fraction)
 
 
-def _copy_rows(src: SourceConfig, store, files: list, fraction: float, held: list[str]):
-    """A .jsonl/.parquet source's training documents copied into ``store`` (spans returned)."""
-    from layra.data import is_heldout, iter_documents
+def _copy_rows(src: SourceConfig, store, keys, files: list, fraction: float, held: list[str]):
+    """A .jsonl/.parquet source's training documents copied into ``store`` (spans returned),
+    their words into ``keys``."""
+    from layra.data import iter_documents
 
     fid = len(files) - 1
-    starts, ends = array("q"), array("q")
+    cols = [array("q") for _ in range(4)]  # start, end, key start, key end
     for doc in iter_documents(src):
-        if is_heldout(doc, fraction):
+        out, key = _words_key(doc, fraction)
+        if out:
             held.append(doc)
             continue
         b = doc.encode("utf-8")
-        starts.append(store.tell())
-        store.write(b)
-        ends.append(store.tell())
-        store.write(b"\n\n")
-    n = len(starts)
-    return np.full(n, fid, np.int32), np.frombuffer(starts, np.int64), np.frombuffer(ends, np.int64)
+        for col, v in zip(
+            cols,
+            (store.tell(), store.tell() + len(b), keys.tell(), keys.tell() + len(key)),
+            strict=True,
+        ):
+            col.append(v)
+        store.write(b + b"\n\n")
+        keys.write(key)
+    st, en, kst, ken = (np.frombuffer(c, np.int64) for c in cols)
+    return np.full(len(st), fid, np.int32), st, en, kst, ken
 
 
 def _index_language(
@@ -434,9 +498,10 @@ def _index_language(
     if marker.exists():
         return json.loads(marker.read_text())
     files: list[list] = []  # [path, raw]: raw = a store of exact documents (no .txt rule)
-    fids, starts, ends, held = [], [], [], []
+    cols: list[list[np.ndarray]] = [[], [], [], [], []]  # file, start, end, key start, key end
+    held: list[str] = []
     store_path = d / f"{lang}.text"
-    with open(store_path, "wb") as store:
+    with open(store_path, "wb") as store, open(d / f"{lang}.keys", "wb") as keys:
         for src in sources:
             fmt = source_format(src)
             if fmt == "hf":
@@ -444,23 +509,32 @@ def _index_language(
             if fmt != "txt":
                 if not any(f[0] == str(store_path) for f in files):
                     files.append([str(store_path), True])
-                fid, st, en = _copy_rows(src, store, files, fraction, held)
-                fids.append(fid), starts.append(st), ends.append(en)
+                for col, a in zip(
+                    cols, _copy_rows(src, store, keys, files, fraction, held), strict=True
+                ):
+                    col.append(a)
                 continue
             for path in local_files(src, fmt):
                 files.append([str(Path(path).resolve()), False])
-                fid = len(files) - 1
                 pieces = _txt_pieces(files[-1][0], fraction, bar)
-                for st, en, h in _ordered(pool, _index_piece, pieces, window):
-                    fids.append(np.full(len(st), fid, np.int32))
-                    starts.append(st), ends.append(en), held.extend(h)
-        store.flush()
-        os.fsync(store.fileno())
+                for st, en, h, kb, klen in _ordered(pool, _index_piece, pieces, window):
+                    kend = keys.tell() + np.cumsum(klen)
+                    for col, a in zip(
+                        cols,
+                        (np.full(len(st), len(files) - 1, np.int32), st, en, kend - klen, kend),
+                        strict=True,
+                    ):
+                        col.append(a)
+                    keys.write(kb)
+                    held.extend(h)
+        for f in (store, keys):
+            f.flush()
+            os.fsync(f.fileno())
     cat = lambda xs, t: np.concatenate(xs).astype(t) if xs else np.zeros(0, t)  # noqa: E731
-    fid, st, en = cat(fids, np.int32), cat(starts, np.int64), cat(ends, np.int64)
+    fid, st, en, kst, ken = cat(cols[0], np.int32), *(cat(c, np.int64) for c in cols[1:])
     tmp = d / f".{lang}.index.npz.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
-        np.savez(f, fid=fid, start=st, end=en)
+        np.savez(f, fid=fid, start=st, end=en, kstart=kst, kend=ken)
     os.replace(tmp, d / f"{lang}.index.npz")
     atomic_write_text(d / f"{lang}.candidates.jsonl", documents_jsonl(held))
     info = {
@@ -473,9 +547,10 @@ def _index_language(
     return info
 
 
-def _load_index(d: Path, lang: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _load_index(d: Path, lang: str) -> tuple[np.ndarray, ...]:
+    """(file, start, end, key start, key end) of each training document, in source order."""
     with np.load(d / f"{lang}.index.npz", allow_pickle=False) as z:
-        return z["fid"], z["start"], z["end"]
+        return z["fid"], z["start"], z["end"], z["kstart"], z["kend"]
 
 
 def local_order(n: int, seed: int) -> np.ndarray:
@@ -489,8 +564,11 @@ def local_order(n: int, seed: int) -> np.ndarray:
 # ---------------------------------------------------------------------------- pass 2: tokenize
 
 
-def _span_batches(files: list, fid, st, en, order: np.ndarray, first: int = 0) -> Iterator[tuple]:
-    """Tasks of about :data:`BATCH_BYTES` of text over ``order[first:]``."""
+def _span_batches(
+    files: list, fid, st, en, order: np.ndarray, first: int = 0, keys: tuple | None = None
+) -> Iterator[tuple]:
+    """Tasks of about :data:`BATCH_BYTES` of text over ``order[first:]``; with ``keys``
+    (``(path, key start, key end)``), each task also names its documents' words."""
     paths = [f[0] for f in files]
     raw = [f[1] for f in files]
     i = first
@@ -499,8 +577,25 @@ def _span_batches(files: list, fid, st, en, order: np.ndarray, first: int = 0) -
         sizes = np.cumsum(en[sel] - st[sel])
         j = max(1, int(np.searchsorted(sizes, BATCH_BYTES, side="right")))
         sel = sel[:j]
-        yield ("spans", (paths, raw, fid[sel].tolist(), st[sel].tolist(), en[sel].tolist()))
+        words = (keys[0], keys[1][sel].tolist(), keys[2][sel].tolist()) if keys else None
+        spans = (paths, raw, fid[sel].tolist(), st[sel].tolist(), en[sel].tolist(), words)
+        yield ("spans", spans)
         i += j
+
+
+def _task_words(task: tuple, texts: list[str]) -> list[list[str]]:
+    """The words of a task's documents: read back from pass 1 when it kept them."""
+    from layra.neardup import words
+
+    kind, payload = task
+    if kind == "spans" and payload[5] is not None:
+        path, kst, ken = payload[5]
+        out = []
+        for s, e in zip(kst, ken, strict=True):
+            joined = _read_span(path, s, e).decode("utf-8") if e > s else ""
+            out.append(joined.split(" ") if joined else [])
+        return out
+    return [words(t) for t in texts]
 
 
 class _HubReader:
@@ -538,7 +633,7 @@ class _HubReader:
 
 
 def _tokenize_language(
-    d: Path, lang: str, info: dict, hub, fraction, budget, seed, pool, window, dtype, bar
+    d: Path, lang: str, info: dict, hub, fraction, budget, checked, seed, pool, window, dtype, bar
 ) -> None:
     """Pass 2 for one language: resumes after the last committed shard.
 
@@ -557,11 +652,20 @@ def _tokenize_language(
             w = TokenWriter(d, lang, dtype)
         near: dict[str, int] = dict(w.extra.get("near", {}))  # candidate -> first document
         bar.update(w.tokens)
-        fid, st, en = _load_index(d, lang)
-        cands = (str(d / f"{lang}.candidates.jsonl"),) if info["n_heldout"] else None
+        fid, st, en, kst, ken = _load_index(d, lang)
+        k = min(info["n_heldout"], checked)  # the first k candidates (below)
+        cands = ((str(d / f"{lang}.candidates.jsonl"),), 0, k) if k else None
         tasks = (
             (t, cands)
-            for t in _span_batches(info["files"], fid, st, en, local_order(n_local, seed), w.docs)
+            for t in _span_batches(
+                info["files"],
+                fid,
+                st,
+                en,
+                local_order(n_local, seed),
+                w.docs,
+                (str(d / f"{lang}.keys"), kst, ken) if k else None,
+            )  # fmt: skip
         )
         reader = _HubReader(d, lang, hub, fraction, seed) if hub else None
         if reader:  # hub held-out candidates are not all known yet: pass 3 checks hub text
@@ -573,7 +677,7 @@ def _tokenize_language(
                 w.append(ids, lens)
                 bar.update(len(ids))
                 if w.pending_tokens >= SHARD_TOKENS:
-                    w.commit(extra={"near": near})
+                    w.commit(extra={"near": near, "checked": k})
                 if budget is not None and w.tokens >= budget:
                     break
         if reader:
@@ -586,7 +690,7 @@ def _tokenize_language(
                 start=np.frombuffer(reader.starts, np.int64)[:used_hub],
                 end=np.frombuffer(reader.ends, np.int64)[:used_hub],
             )
-        w.commit(done=True, extra={"near": near})
+        w.commit(done=True, extra={"near": near, "checked": k})
     finally:
         w.close()
 
@@ -617,38 +721,60 @@ def candidate_files(d: Path, lang: str) -> list[Path]:
     return [d / f"{lang}.candidates.jsonl"] + ([hub] if hub.exists() else [])
 
 
-def _near_language(d: Path, lang: str, info: dict, used: int, seed, pool, window, bar) -> list:
-    """Held-out candidates nearly duplicated by one of the ``used`` training documents.
+def checked_candidates(max_docs: int) -> int:
+    """Held-out candidates checked for near-duplicates at first: the ``heldout_max_docs``
+    kept need only the leading candidates (more are checked if many turn out dropped), so
+    the index each worker holds is bounded whatever the size of the text."""
+    return 2 * max_docs + 64
 
-    From what pass 2 recorded, unless a hub source added held-out candidates after local
-    documents were checked: then every used document is read again and checked (pass 3).
-    """
+
+def _near_language(
+    d: Path, lang: str, info: dict, used: int, max_docs: int, seed, pool, window, bar
+) -> tuple[list[int], int]:
+    """(held-out candidates nearly duplicated by one of the ``used`` training documents,
+    how many leading candidates were checked: enough to keep ``max_docs``).
+
+    Starts from what pass 2 recorded for local sources; a hub source's candidates (known
+    only once it was streamed), or too many dropped ones, are checked here by reading the
+    used documents again (pass 3)."""
     cands = candidate_files(d, lang)
-    if len(cands) == 1:
-        _, _, extra = read_progress(d, lang, with_extra=True)
-        return sorted(int(h) for h, first in extra.get("near", {}).items() if first < used)
     marker = d / f"{lang}.near.json"
     if marker.exists():
-        return json.loads(marker.read_text())
-    found: set[int] = set()
-    if used and any(p.stat().st_size for p in cands):
-        fid, st, en = _load_index(d, lang)
-        order = local_order(info["n_train"], seed)[:used]
-        tasks = _span_batches(info["files"], fid, st, en, order)
-        hub = d / f"{lang}.hubindex.npz"
-        if hub.exists() and used > len(order):
-            with np.load(hub, allow_pickle=False) as z:
-                hs, he = z["start"], z["end"]
-            n = min(used - len(order), len(hs))
-            files = [[str(d / f"{lang}.hub.text"), True]]
-            hub_tasks = _span_batches(files, np.zeros(n, np.int32), hs, he, np.arange(n))
-            tasks = _chain(tasks, hub_tasks)
-        key = tuple(str(p) for p in cands)
-        for got in _ordered(pool, _near, ((key, t) for t in tasks), window):
-            found.update(got)
+        done = json.loads(marker.read_text())
+        return done["near"], done["checked"]
+    n = sum(1 for p in cands for _ in read_documents(p))
+    _, _, extra = read_progress(d, lang, with_extra=True)
+    if len(cands) == 1:
+        near = {int(h) for h, first in extra.get("near", {}).items() if first < used}
+        checked = int(extra.get("checked", 0))
+    else:  # a hub's part: every used document against every candidate, from the start
+        near, checked = set(), 0
+    while used and checked < n and checked - len(near) < max_docs:
+        stop = min(n, checked + checked_candidates(max_docs - (checked - len(near))))
+        key = (tuple(str(p) for p in cands), checked, stop)
+        for got in _ordered(
+            pool, _near, ((key, t) for t in _used_batches(d, lang, info, used, seed)), window
+        ):
+            near.update(got)
             bar.update(1)
-    atomic_write_json(marker, sorted(found))
-    return sorted(found)
+        checked = stop
+    atomic_write_json(marker, {"near": sorted(near), "checked": checked})
+    return sorted(near), checked
+
+
+def _used_batches(d: Path, lang: str, info: dict, used: int, seed) -> Iterator[tuple]:
+    """The ``used`` training documents of a language again, in batches (local, then hub)."""
+    fid, st, en, kst, ken = _load_index(d, lang)
+    order = local_order(info["n_train"], seed)[:used]
+    keys = (str(d / f"{lang}.keys"), kst, ken) if info["n_heldout"] else None
+    yield from _span_batches(info["files"], fid, st, en, order, keys=keys)
+    hub = d / f"{lang}.hubindex.npz"
+    if hub.exists() and used > len(order):
+        with np.load(hub, allow_pickle=False) as z:
+            hs, he = z["start"], z["end"]
+        n = min(used - len(order), len(hs))
+        files = [[str(d / f"{lang}.hub.text"), True]]
+        yield from _span_batches(files, np.zeros(n, np.int32), hs, he, np.arange(n))
 
 
 # ---------------------------------------------------------------------------- pass 4: blocks
@@ -691,15 +817,22 @@ def _assemble(d: Path, cfg: DataConfig, seed: int, dtype: np.dtype, per_lang: di
     heldout_dir.mkdir(exist_ok=True)
     heldout = {}
     for lang, v in per_lang.items():
-        cands = [doc for p in candidate_files(d, lang) for doc in read_documents(p)]
+        cands = read_candidates(candidate_files(d, lang), 0, v["checked"])
         near = set(v["near"])
         heldout[lang] = [c for i, c in enumerate(cands) if i not in near][: cfg.heldout_max_docs]
         atomic_write_text(heldout_dir / f"{lang}.jsonl", documents_jsonl(heldout[lang]))
     mapped = {k: n_blocks[k] * cfg.seq_len for k in langs}
+    # The data's identity: the bytes of the tokens the blocks use, and the block table --
+    # the same however it was sharded, resumed or split among workers.
     h = hashlib.sha256()
     for lang in langs:
-        shards, _ = read_progress(d, lang)
-        h.update(json.dumps([lang, mapped[lang], [s.sha256 for s in shards]]).encode())
+        h.update(json.dumps([lang, mapped[lang], dtype.name]).encode())
+        with open(d / f"{lang}.tokens", "rb") as f:
+            left = mapped[lang] * dtype.itemsize
+            while left:
+                chunk = f.read(min(left, VERIFY_CHUNK))
+                h.update(chunk)
+                left -= len(chunk)
     h.update(lang_ids.tobytes())
     h.update(starts.tobytes())
     fingerprint = h.hexdigest()
@@ -712,6 +845,7 @@ def _assemble(d: Path, cfg: DataConfig, seed: int, dtype: np.dtype, per_lang: di
                 "train_documents": v["used"],
                 "heldout_documents": len(heldout[lang]),
                 "heldout_near_duplicates": len(v["near"]),
+                "heldout_candidates_checked": v["checked"],
                 "blocks": n_blocks[lang],
             }
             for lang, v in per_lang.items()
@@ -789,7 +923,7 @@ def _build(d: Path, cfg: DataConfig, tokenizer, seed: int, workers: int, progres
     t0 = time.perf_counter()
     times: dict[str, float] = {}
     if n > 1:  # one pool for every pass; workers start while the first piece is read
-        pool = _make_pool(n, _tokenizer_spec(tokenizer, _PROBE + _first_documents(cfg, 16)))
+        pool = _make_pool(n, _tokenizer_spec(tokenizer, _PROBE + _first_documents(cfg, 16), d))
     else:  # this process, this tokenizer: nothing to copy
         pool = _Inline()
         _init_worker(("none", None, None), in_process=True)
@@ -807,8 +941,8 @@ def _build(d: Path, cfg: DataConfig, tokenizer, seed: int, workers: int, progres
             for lang in langs:
                 hub = [s for s in cfg.sources if s.lang == lang and source_format(s) == "hf"]
                 _tokenize_language(
-                    d, lang, info[lang], hub, cfg.heldout_fraction, budgets[lang], seed, pool,
-                    window, dtype, bar,
+                    d, lang, info[lang], hub, cfg.heldout_fraction, budgets[lang],
+                    checked_candidates(cfg.heldout_max_docs), seed, pool, window, dtype, bar,
                 )  # fmt: skip
         times["tokenize"] = time.perf_counter() - t0 - sum(times.values())
         with _bar(progress, "data: held-out near-duplicates", "batch") as bar:
@@ -819,8 +953,10 @@ def _build(d: Path, cfg: DataConfig, tokenizer, seed: int, workers: int, progres
                     raise LayraError(
                         f"no training documents for language {lang} in {names} (empty file?)"
                     )
-                near = _near_language(d, lang, info[lang], used, seed, pool, window, bar)
-                per_lang[lang] = {"used": used, "tokens": tokens, "near": near}
+                near, checked = _near_language(
+                    d, lang, info[lang], used, cfg.heldout_max_docs, seed, pool, window, bar
+                )
+                per_lang[lang] = {"used": used, "tokens": tokens, "near": near, "checked": checked}
         times["near-duplicates"] = time.perf_counter() - t0 - sum(times.values())
     finally:
         pool.shutdown(wait=False, cancel_futures=True)  # idle workers exit on their own
@@ -873,6 +1009,15 @@ def prepare(
     every process of a multi-process run can call this. Raises :class:`LayraError` for
     bad sources or text.
     """
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # A spawned worker importing a main script that prepares at import time: it would
+        # wait forever for the lock its parent holds.
+        raise LayraError(
+            "prepare() ran while a worker process imported the main script; put the "
+            "script's code under `if __name__ == '__main__':`"
+        )
     say = say or _say_default
     if tokenizer.eos_token_id is None:
         raise LayraError("the tokenizer has no EOS token; packing needs one between documents")

@@ -6,7 +6,8 @@
 
 Training writes through it, extraction, evaluation, sweeps, the demo and the tests read
 through it. ``run.json`` is written last, so its presence means the run finished;
-``data.safetensors`` is written after ``heldout/`` and ``data_stats.json`` (layra.data).
+``data.json`` (which prepared dataset the run trains on, :mod:`layra.prepare`) is written
+after ``heldout/`` and ``data_stats.json``.
 """
 
 from __future__ import annotations
@@ -99,7 +100,9 @@ class RunDir:
     config_yaml = property(lambda self: self.path / "config.yaml")
     provenance_json = property(lambda self: self.path / "provenance.json")
     log_jsonl = property(lambda self: self.path / "log.jsonl")
-    data = property(lambda self: self.path / "data.safetensors")
+    data_json = property(lambda self: self.path / "data.json")
+    # Blocks packed whole into the run by layra before the prepared store; refused now.
+    legacy_data = property(lambda self: self.path / "data.safetensors")
     data_stats = property(lambda self: self.path / "data_stats.json")
     heldout = property(lambda self: self.path / "heldout")
     checkpoints = property(lambda self: self.path / "checkpoints")

@@ -201,7 +201,7 @@ def save_table(path: Path, lang: np.ndarray, start: np.ndarray, meta: dict) -> N
 
     from layra.atomic import temp_prefix
 
-    tmp = path.parent / (temp_prefix(path.name) + "w")
+    tmp = path.parent / temp_prefix(path.name).rstrip("-")
     tensors = {
         "lang": torch.from_numpy(np.ascontiguousarray(lang, dtype=np.int16)),
         "start": torch.from_numpy(np.ascontiguousarray(start, dtype=np.int64)),

@@ -228,7 +228,6 @@ class MetricLog:
 
 def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
     """Check the output directory, then create it (or clean up what a killed run left)."""
-    import sys
 
     from layra.atomic import check_writable, clean_stale
 
@@ -262,11 +261,6 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
     # What a killed run left: half-written checkpoints, outputs and packed data.
     for d in (out, rd.checkpoints, rd.heldout):
         clean_stale(d)
-    if rd.data.exists() and not rd.data_stats.exists():
-        # Packed by a layra that renamed data.safetensors into place first, then killed.
-        with contextlib.suppress(FileNotFoundError):  # another process of the run was first
-            rd.data.unlink()
-        print(f"layra: removed incomplete packed data {rd.data}", file=sys.stderr)
     return out
 
 
@@ -474,28 +468,68 @@ def _make_accelerator(cfg: RunConfig, out: Path, resume: bool, progress: bool):
 
 
 def _load_data(cfg: RunConfig, out: Path, acc, say, progress: bool):
-    """The tokenizer and the packed data: reused from the run directory, or read and packed."""
+    """The tokenizer and the prepared data (:mod:`layra.prepare`), recorded in the run dir.
+
+    Every process calls this: one prepares (a file lock), the others wait and then read
+    the same memory-mapped files. A resumed run must find the data it started on.
+    """
     from layra import data as data_mod
     from layra.models import load_tokenizer
 
     tok = load_tokenizer(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.trust_remote_code)
-    cached = RunDir(out).data.exists()
-    dist.sync_ranks()  # every rank has looked before rank 0 writes the cache
-    if cached:
-        packed = data_mod.load_packed(out)
-        say(f"data: reusing {packed.stats['blocks']} packed blocks from {out}")
-    else:
-        say("data: reading sources")
-        packed = data_mod.build_dataset(cfg.data, tok, seed=cfg.train.seed, progress=progress)
-        if acc.is_main_process:
-            data_mod.save_packed(packed, out)
-        acc.wait_for_everyone()
-    for lang, s in packed.stats["languages"].items():
+    rd = RunDir(out)
+    recorded = json.loads(rd.data_json.read_text()) if rd.data_json.exists() else None
+    verify = acc.is_local_main_process  # a full checksum pass: once per machine
+    data = _recorded_data(recorded, len(tok), verify)
+    if data is None:
+        data = data_mod.build_dataset(
+            cfg.data,
+            tok,
+            seed=cfg.train.seed,
+            progress=progress and acc.is_main_process,
+            say=say,
+            verify=verify,
+        )
+    if recorded and recorded["fingerprint"] != data.fingerprint:
+        raise LayraError(
+            f"--resume: the data prepared now ({data.fingerprint[:12]}) is not the data {out} "
+            f"trained on ({recorded['fingerprint'][:12]}): its sources changed; train into a "
+            "new output_dir"
+        )
+    if acc.is_main_process and not recorded:
+        _record_data(rd, data)
+    acc.wait_for_everyone()
+    for lang, s in data.stats["languages"].items():
         say(
             f"  {lang}: {s['train_tokens']:,} training tokens in {s['blocks']} blocks, "
             f"{s['heldout_documents']} held-out documents"
         )
-    return tok, packed
+    return tok, data
+
+
+def _recorded_data(recorded: dict | None, vocab_size: int, verify: bool):
+    """The prepared data a run recorded, when it is still where it was (else None)."""
+    from layra.prepare import open_prepared
+
+    if recorded is None or not (Path(recorded["prepared"]) / "prepared.json").exists():
+        return None
+    return open_prepared(Path(recorded["prepared"]), vocab_size, verify=verify)
+
+
+def _record_data(rd: RunDir, data) -> None:
+    """Held-out text and stats into the run dir, then ``data.json`` (naming the data) last."""
+    from layra.atomic import atomic_write_json, atomic_write_text
+    from layra.documents import documents_jsonl
+
+    rd.heldout.mkdir(parents=True, exist_ok=True)
+    for lang, docs in data.heldout.items():
+        # JSONL: a document with blank lines inside (a JSONL row) stays one document.
+        atomic_write_text(rd.heldout_file(lang), documents_jsonl(docs))
+    atomic_write_json(rd.data_stats, data.stats)
+    atomic_write_json(
+        rd.data_json,
+        {"prepared": str(data.root), "fingerprint": data.fingerprint, "blocks": len(data.blocks)},
+    )
 
 
 def _write_how_made(cfg: RunConfig, out: Path, acc, prec) -> None:
@@ -859,7 +893,13 @@ def _check_inputs(cfg: RunConfig, resume: bool) -> None:
     if cfg.train.device == "cuda" and not torch.cuda.is_available():
         raise LayraError("train.device=cuda but no CUDA device is available")
     check_model_files(cfg.model.name_or_path, cfg.model.gguf_file)
-    if not (resume and RunDir(cfg.output_dir).data.exists()):
+    rd = RunDir(cfg.output_dir)
+    if resume and rd.legacy_data.exists():
+        raise LayraError(
+            f"{rd.legacy_data} holds blocks packed by an earlier layra; delete it and --resume "
+            "again: the data is prepared anew into the memory-mapped store (the same blocks)"
+        )
+    if not (resume and rd.data_json.exists()):
         for src in cfg.data.sources:
             source_format(src)  # a missing file, an empty directory, an unknown type
 
