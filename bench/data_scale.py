@@ -27,6 +27,7 @@ tokenizer), and the peak of the whole process tree (workers included), sampled e
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -92,7 +93,7 @@ def _child_tokenizer(model: str, text: Path) -> dict:
     n, t_tok, t0 = 0, 0.0, time.perf_counter()
     batch: list[str] = []
     docs = iter_documents(SourceConfig(path=str(text), lang="glg"))
-    for doc in [*docs, None]:
+    for doc in itertools.chain(docs, [None]):  # streamed: memory is the tokenizer's own
         if doc is not None:
             batch.append(doc)
         if len(batch) == 1024 or (doc is None and batch):

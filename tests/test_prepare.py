@@ -114,7 +114,7 @@ def test_prepared_blocks_equal_the_in_memory_definition(case, texts, tmp_path):
 
 
 def test_only_the_candidates_the_kept_heldout_needs_are_checked(texts, tmp_path, monkeypatch):
-    import layra.prepare as P
+    import layra.prepare_passes as P
 
     # Two candidates checked at first, then more, two at a time, until 3 are kept: the kept
     # documents are those of the full check (the count of dropped ones covers those checked).
@@ -136,10 +136,11 @@ def test_only_the_candidates_the_kept_heldout_needs_are_checked(texts, tmp_path,
 
 
 def test_worker_processes_give_the_same_blocks(texts, tmp_path, monkeypatch):
-    import layra.prepare as P
+    import layra.prepare
+    import layra.prepare_passes
 
-    monkeypatch.setattr(P, "INLINE_BYTES", 0)  # tiny text, but through the pool
-    monkeypatch.setattr(P, "BATCH_BYTES", 512)  # many tasks in flight
+    monkeypatch.setattr(layra.prepare, "INLINE_BYTES", 0)  # tiny text, but through the pool
+    monkeypatch.setattr(layra.prepare_passes, "BATCH_BYTES", 512)  # many tasks in flight
     srcs = [SourceConfig(path=str(texts[x]), lang=x) for x in ("gl", "es")]
     cfg = DataConfig(sources=srcs, seq_len=16, max_tokens=1200, heldout_fraction=0.1)
     cfg.cache_dir = str(tmp_path)
@@ -225,10 +226,10 @@ KILLER = textwrap.dedent(
     import os, sys, json
     sys.path[:0] = [{tests!r}, {src!r}]
     import tiny, test_prepare
-    import layra.prepare as P, layra.tokenstore as T
+    import layra.prepare as P, layra.prepare_passes as passes
     from layra.config import DataConfig, SourceConfig
     n, text, cache = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-    P.SHARD_TOKENS, P.BATCH_DOCS = 200, 16
+    passes.SHARD_TOKENS, passes.BATCH_DOCS = 200, 16
     calls, real_replace = [0], os.replace
 
     def replace(*a, **k):
@@ -260,7 +261,7 @@ def _child(tmp_path: Path, n: int, text: Path, cache: Path):
 
 
 def test_a_kill_at_any_write_resumes_to_the_same_data(texts, tmp_path):
-    import layra.prepare as P
+    import layra.prepare_passes as P
 
     tok = bos_tokenizer()
     cfg = DataConfig(
