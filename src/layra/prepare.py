@@ -253,6 +253,9 @@ def _build(d: Path, cfg: DataConfig, tokenizer, seed: int, workers: int, progres
     finally:
         pool.shutdown(wait=False, cancel_futures=True)  # idle workers exit on their own
     passes.assemble(d, cfg, seed, dtype, per_lang)
+    for lang in langs:  # copies of the text, needed only while preparing (as big as the text)
+        for name in (f"{lang}.keys", f"{lang}.text", f"{lang}.hub.text"):
+            (d / name).unlink(missing_ok=True)
     lap("blocks")
     tok, dt = sum(v["tokens"] for v in per_lang.values()), time.perf_counter() - t0
     parts = ", ".join(f"{k} {v:.1f} s" for k, v in times.items())
