@@ -116,7 +116,7 @@ def iter_documents(src: SourceConfig, shuffle_seed: int | None = None) -> Iterat
 
     With ``shuffle_seed``, a hub dataset comes in ``datasets``' seeded streaming
     shuffle order (shards shuffled, then a :data:`SHUFFLE_BUFFER` buffer); local
-    files ignore it (:func:`tokenize_language` shuffles them whole).
+    files ignore it (:mod:`layra.prepare` shuffles them whole).
     """
     fmt = source_format(src)
     if fmt == "txt":

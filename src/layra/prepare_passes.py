@@ -296,7 +296,7 @@ def chain(*its):
 
 def used_documents(d: Path, lang: str, budget: int | None) -> tuple[int, int]:
     """(documents, tokens) of a language within its budget: a document counts when it
-    starts before the budget, as :func:`layra.data.tokenize_language` defines."""
+    starts before the budget (the definition in :mod:`layra.data`)."""
     shards, _ = read_progress(d, lang)
     n_docs, n_tok = sum(s.docs for s in shards), sum(s.tokens for s in shards)
     if budget is None or n_tok <= budget:
