@@ -282,7 +282,9 @@ def tokenize_language(
 def _progress(bar, n: int, budget: int | None, w: TokenWriter, n_docs: int) -> None:
     """Advance the tokens bar; without a budget its total (so the time left) is estimated
     from the tokens per document so far and this language's documents."""
-    if budget is None and w.docs and w.docs <= n_docs:
+    if budget is not None:  # the last batch reaches past the budget: count up to it
+        n = min(w.tokens, budget) - min(w.tokens - n, budget)
+    elif w.docs and w.docs <= n_docs:
         est = bar.n + n + int((n_docs - w.docs) * w.tokens / w.docs)
         if bar.total is None or abs(bar.total - est) > 0.01 * est:
             bar.total = est
