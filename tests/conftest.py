@@ -6,9 +6,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Prepared training data (layra.prepare) goes to a cache of this session, not ~/.cache.
 if "LAYRA_DATA_CACHE" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["LAYRA_DATA_CACHE"] = tempfile.mkdtemp(prefix="layra-test-data-")
+    atexit.register(shutil.rmtree, os.environ["LAYRA_DATA_CACHE"], ignore_errors=True)
 
 import pytest
 
