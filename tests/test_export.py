@@ -108,6 +108,7 @@ def test_export_keeps_weights_and_ties(model_dirs, tmp_path, arch, pre):
     assert len(fields["tokenizer.ggml.tokens"].data) == len(tok)
     assert fields["tokenizer.ggml.pre"].contents() == pre
     assert [p.name for p in tmp_path.iterdir()] == [f"{arch}.gguf"]  # no temporaries left
+    assert out.stat().st_mode & 0o044 == 0o044  # readable like any output, not mkstemp's 0600
 
 
 def test_layra_run_exports_its_trained_rows_tied(model_dirs, corpus_dir, tmp_path, capsys):

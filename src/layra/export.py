@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from layra.atomic import check_writable, clean_stale, temp_prefix
+from layra.atomic import _umask, check_writable, clean_stale, temp_prefix
 from layra.errors import LayraError, require
 from layra.gguf_convert import OUTTYPES
 
@@ -182,6 +182,7 @@ def export_gguf(
             write_merged(src, merged_dir, outtype)
             hf_dir = merged_dir
         _converter(hf_dir, tmp, outtype, src, *(["--progress"] if progress else []))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private; outputs get the usual mode
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
