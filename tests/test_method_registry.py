@@ -61,7 +61,7 @@ def _method_name_comparisons(tree: ast.AST, source: str) -> list[int]:
 def test_no_method_name_comparisons_outside_the_registry():
     found = []
     for path in sorted(SRC.rglob("*.py")):
-        if path.name == "method_registry.py":
+        if path.name == "method_registry.py" or "_vendor" in path.parts:
             continue
         source = path.read_text(encoding="utf-8")
         found += [

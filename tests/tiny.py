@@ -56,8 +56,10 @@ def make_model(
     layers: int = 4,
     tied: bool | None = None,
     seed: int = 0,
+    **overrides,
 ):
-    """A tiny random causal LM of the given architecture (hidden 32)."""
+    """A tiny random causal LM of the given architecture (hidden 32); ``overrides`` go
+    into its config (e.g. ``query_pre_attn_scalar`` for a Gemma 3 that llama.cpp can run)."""
     from transformers import (
         AutoModelForCausalLM,
         Gemma3TextConfig,
@@ -86,6 +88,7 @@ def make_model(
     }[arch]
     if arch == "gemma3_text":
         common.update(head_dim=8, sliding_window=64)
+    common.update(overrides)
     default_tied = arch in ("qwen2", "gemma3_text")
     cfg = cls(tie_word_embeddings=default_tied if tied is None else tied, **common)
     torch.manual_seed(seed)
@@ -99,9 +102,11 @@ def make_model(
     return model
 
 
-def save_model(path: Path, arch: str = "llama", tied: bool | None = None, layers: int = 4) -> Path:
+def save_model(
+    path: Path, arch: str = "llama", tied: bool | None = None, layers: int = 4, **overrides
+) -> Path:
     tok = make_tokenizer()
-    model = make_model(arch, vocab_size=len(tok), layers=layers, tied=tied)
+    model = make_model(arch, vocab_size=len(tok), layers=layers, tied=tied, **overrides)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path

@@ -23,6 +23,7 @@ COMMANDS = (
     "plan",
     "vector",
     "eval",
+    "export",
     "report",
     "corpus",
     "demo",
@@ -36,6 +37,7 @@ EPILOG = """examples:
   layra vector extract runs/gl-layra --out vectors/gl
   layra vector apply base-model vectors/gl:1.0 --out models/gl
   layra eval bpb models/gl --text glg=heldout/gl.txt --text eng=heldout/en.txt
+  layra export gguf runs/gl-layra --out gl.gguf
   layra demo
 
 Run `layra <command> --help` for each command's options and an example.

@@ -1,0 +1,1 @@
+"""Third-party code layra ships unchanged (see each folder's README.md and LICENSE)."""
