@@ -228,12 +228,11 @@ def _build(d: Path, cfg: DataConfig, tokenizer, seed: int, workers: int, progres
         pool = inline_pool(tokenizer)
     info, per_lang = {}, {}
     try:
-        k = passes.checked_candidates(cfg.heldout_max_docs) if cfg.heldout_fraction > 0 else 0
         with _bar(progress, "data: index", "B", _local_bytes(cfg)) as bar:
             for lang in langs:
                 srcs = [s for s in cfg.sources if s.lang == lang]
                 info[lang] = passes.index_language(
-                    d, lang, srcs, cfg.heldout_fraction, k, pool, window, bar
+                    d, lang, srcs, cfg.heldout_fraction, pool, window, bar
                 )
         lap("index")
         total = None if any(b is None for b in budgets.values()) else sum(budgets.values())
@@ -242,7 +241,7 @@ def _build(d: Path, cfg: DataConfig, tokenizer, seed: int, workers: int, progres
                 hub = [s for s in cfg.sources if s.lang == lang and source_format(s) == "hf"]
                 passes.tokenize_language(
                     d, lang, info[lang], hub, cfg.heldout_fraction, budgets[lang],
-                    k, seed, pool, window, dtype, bar,
+                    passes.checked_candidates(cfg.heldout_max_docs), seed, pool, window, dtype, bar,
                 )  # fmt: skip
         lap("tokenize")
         with _bar(progress, "data: held-out near-duplicates", "batch") as bar:

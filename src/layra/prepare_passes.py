@@ -54,13 +54,12 @@ BATCH_BYTES = 1 << 21  # text per tokenization task
 BATCH_DOCS = 4096
 
 
-def piece_tasks(path: str, fraction: float, bar, head: dict) -> Iterator[tuple]:
-    """Pass 1 tasks: pieces of a .txt file cut just after blank lines, each with the leading
-    held-out candidates once they are known (``head["cands"]``, read as each task is made)."""
+def piece_tasks(path: str, fraction: float, bar) -> Iterator[tuple]:
+    """Pass 1 tasks: pieces of a .txt file cut just after blank lines."""
     for base, piece in txt_pieces(path, READ_BYTES):
         bar.update(len(piece))
         # The worker reads the piece again (page cache): a task stays a few bytes in the pipe.
-        yield (path, base, base + len(piece), fraction, head.get("cands"))
+        yield (path, base, base + len(piece), fraction)
 
 
 def copy_rows(src: SourceConfig, store, keys, files: list, fraction: float, held: list[str]):
@@ -71,11 +70,10 @@ def copy_rows(src: SourceConfig, store, keys, files: list, fraction: float, held
     fid = len(files) - 1
     cols = [array("q") for _ in range(4)]  # start, end, key start, key end
     for doc in iter_documents(src):
-        out, w = words_key(doc, fraction)
+        out, key = words_key(doc, fraction)
         if out:
             held.append(doc)
             continue
-        key = " ".join(w).encode("utf-8")
         b = doc.encode("utf-8")
         for col, v in zip(
             cols,
@@ -89,65 +87,18 @@ def copy_rows(src: SourceConfig, store, keys, files: list, fraction: float, held
     return np.full(len(st), fid, np.int32), st, en, kst, ken
 
 
-class _Index:
-    """What pass 1 gathers for one language, in source order (arrays, not Python objects)."""
-
-    def __init__(self, d: Path, lang: str, k: int):
-        self.d, self.lang, self.k = d, lang, k
-        self.cols: list[list[np.ndarray]] = [[] for _ in range(6)]  # file start end kst ken checked
-        self.pairs: list[tuple[int, int]] = []  # (training document, candidate): near-duplicates
-        self.held: list[str] = []
-        self.head: dict = {}  # "cands": the leading k candidates, once pass 1 has found them
-        self.n = 0  # training documents so far
-
-    def add(self, fid: int, st, en, kst, ken, held: list[str], pairs) -> None:
-        for col, a in zip(
-            self.cols, (np.full(len(st), fid, np.int32), st, en, kst, ken), strict=False
-        ):
-            col.append(a)
-        self.cols[5].append(np.full(len(st), pairs is not None, np.bool_))
-        self.pairs += [(self.n + i, h) for i, h in pairs or ()]
-        self.n += len(st)
-        self.held.extend(held)
-        if self.k and "cands" not in self.head and len(self.held) >= self.k:
-            path = self.d / f"{self.lang}.head.jsonl"
-            atomic_write_text(path, documents_jsonl(self.held[: self.k]))
-            self.head["cands"] = ((str(path),), 0, self.k)
-
-    def save(self, files: list) -> dict:
-        cat = lambda xs, t: np.concatenate(xs).astype(t) if xs else np.zeros(0, t)  # noqa: E731
-        fid, st, en, kst, ken = (
-            cat(self.cols[0], np.int32),
-            *(cat(c, np.int64) for c in self.cols[1:5]),
-        )
-        pairs = np.array(self.pairs, np.int64).reshape(-1, 2)
-        tmp = self.d / f".{self.lang}.index.npz.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            np.savez(f, fid=fid, start=st, end=en, kstart=kst, kend=ken,
-                     checked=cat(self.cols[5], np.bool_), pairs=pairs)  # fmt: skip
-        os.replace(tmp, self.d / f"{self.lang}.index.npz")
-        atomic_write_text(self.d / f"{self.lang}.candidates.jsonl", documents_jsonl(self.held))
-        info = {"files": files, "n_train": len(st), "n_heldout": len(self.held),
-                "bytes": int((en - st).sum())}  # fmt: skip
-        atomic_write_json(self.d / f"{self.lang}.index.json", info)
-        return info
-
-
 def index_language(
-    d: Path, lang: str, sources: list[SourceConfig], fraction: float, k: int, pool, window, bar
+    d: Path, lang: str, sources: list[SourceConfig], fraction: float, pool, window: int, bar
 ) -> dict:
-    """Pass 1 for one language (redone whole if it was killed; it is the cheap pass).
-
-    Once the first ``k`` held-out candidates are known, the pieces read after that check
-    their training documents for near-duplicates of them on the words just computed;
-    pass 2 checks only the documents read before."""
+    """Pass 1 for one language (redone whole if it was killed; it is the cheap pass)."""
     from layra.data import local_files, source_format
 
     marker = d / f"{lang}.index.json"
     if marker.exists():
         return json.loads(marker.read_text())
     files: list[list] = []  # [path, raw]: raw = a store of exact documents (no .txt rule)
-    idx = _Index(d, lang, k)
+    cols: list[list[np.ndarray]] = [[], [], [], [], []]  # file, start, end, key start, key end
+    held: list[str] = []
     store_path = d / f"{lang}.text"
     with open(store_path, "wb") as store, open(d / f"{lang}.keys", "wb") as keys:
         for src in sources:
@@ -157,33 +108,48 @@ def index_language(
             if fmt != "txt":
                 if not any(f[0] == str(store_path) for f in files):
                     files.append([str(store_path), True])
-                held: list[str] = []
-                fid, st, en, kst, ken = copy_rows(src, store, keys, files, fraction, held)
-                idx.add(int(fid[0]) if len(fid) else len(files) - 1, st, en, kst, ken, held, None)
+                for col, a in zip(
+                    cols, copy_rows(src, store, keys, files, fraction, held), strict=True
+                ):
+                    col.append(a)
                 continue
             for path in local_files(src, fmt):
                 files.append([str(Path(path).resolve()), False])
-                pieces = piece_tasks(files[-1][0], fraction, bar, idx.head)
-                for st, en, h, kb, klen, pairs in ordered(pool, index_piece, pieces, window):
+                pieces = piece_tasks(files[-1][0], fraction, bar)
+                for st, en, h, kb, klen in ordered(pool, index_piece, pieces, window):
                     kend = keys.tell() + np.cumsum(klen)
-                    idx.add(len(files) - 1, st, en, kend - klen, kend, h, pairs)
+                    for col, a in zip(
+                        cols,
+                        (np.full(len(st), len(files) - 1, np.int32), st, en, kend - klen, kend),
+                        strict=True,
+                    ):
+                        col.append(a)
                     keys.write(kb)
+                    held.extend(h)
         for f in (store, keys):
             f.flush()
             os.fsync(f.fileno())
-    return idx.save(files)
+    cat = lambda xs, t: np.concatenate(xs).astype(t) if xs else np.zeros(0, t)  # noqa: E731
+    fid, st, en, kst, ken = cat(cols[0], np.int32), *(cat(c, np.int64) for c in cols[1:])
+    tmp = d / f".{lang}.index.npz.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.savez(f, fid=fid, start=st, end=en, kstart=kst, kend=ken)
+    os.replace(tmp, d / f"{lang}.index.npz")
+    atomic_write_text(d / f"{lang}.candidates.jsonl", documents_jsonl(held))
+    info = {
+        "files": files,
+        "n_train": len(st),
+        "n_heldout": len(held),
+        "bytes": int((en - st).sum()),
+    }
+    atomic_write_json(marker, info)
+    return info
 
 
 def load_index(d: Path, lang: str) -> tuple[np.ndarray, ...]:
     """(file, start, end, key start, key end) of each training document, in source order."""
     with np.load(d / f"{lang}.index.npz", allow_pickle=False) as z:
         return z["fid"], z["start"], z["end"], z["kstart"], z["kend"]
-
-
-def pass1_checks(d: Path, lang: str) -> tuple[np.ndarray, np.ndarray]:
-    """(which documents pass 1 checked for near-duplicates, its (document, candidate) pairs)."""
-    with np.load(d / f"{lang}.index.npz", allow_pickle=False) as z:
-        return z["checked"], z["pairs"]
 
 
 def local_order(n: int, seed: int) -> np.ndarray:
@@ -207,10 +173,7 @@ def span_batches(
         sizes = np.cumsum(en[sel] - st[sel])
         j = max(1, int(np.searchsorted(sizes, BATCH_BYTES, side="right")))
         sel = sel[:j]
-        words = None
-        if keys:  # (path, key starts, key ends[, which documents still need the check])
-            words = (keys[0], keys[1][sel].tolist(), keys[2][sel].tolist())
-            words += (keys[3][sel].tolist(),) if len(keys) > 3 else ()
+        words = (keys[0], keys[1][sel].tolist(), keys[2][sel].tolist()) if keys else None
         spans = (paths, raw, fid[sel].tolist(), st[sel].tolist(), en[sel].tolist(), words)
         yield ("spans", spans)
         i += j
@@ -279,19 +242,30 @@ def tokenize_language(
             for p in (w.tokens_path, w.doclens_path, w.progress_path):
                 p.unlink(missing_ok=True)
             w = TokenWriter(d, lang, dtype)
-        order = local_order(n_local, seed)
+        near: dict[str, int] = dict(w.extra.get("near", {}))  # candidate -> first document
+        bar.update(w.tokens)
+        fid, st, en, kst, ken = load_index(d, lang)
         k = min(info["n_heldout"], checked)  # the first k candidates (below)
         cands = ((str(d / f"{lang}.candidates.jsonl"),), 0, k) if k else None
-        near = _pass1_near(d, lang, order, w.extra.get("near", {}))  # candidate -> first doc
-        bar.update(w.tokens)
-        tasks = ((t, cands) for t in _local_batches(d, lang, info, order, w.docs, k))
+        tasks = (
+            (t, cands)
+            for t in span_batches(
+                info["files"],
+                fid,
+                st,
+                en,
+                local_order(n_local, seed),
+                w.docs,
+                (str(d / f"{lang}.keys"), kst, ken) if k else None,
+            )  # fmt: skip
+        )
         reader = HubReader(d, lang, hub, fraction, seed) if hub else None
         if reader:  # hub held-out candidates are not all known yet: pass 3 checks hub text
             tasks = chain(tasks, ((t, cands) for t in reader.batches()))
         if budget is None or w.tokens < budget:
             for ids, lens, pairs in ordered(pool, tokenize_task, tasks, window):
                 for i, h in pairs:
-                    near[str(h)] = min(near.get(str(h), w.docs + i), w.docs + i)
+                    near.setdefault(str(h), w.docs + i)
                 w.append(ids, lens)
                 _progress(bar, len(ids), budget, w, n_local)
                 if w.pending_tokens >= SHARD_TOKENS:
@@ -315,30 +289,6 @@ def _progress(bar, n: int, budget: int | None, w: TokenWriter, n_docs: int) -> N
         if bar.total is None or abs(bar.total - est) > 0.01 * est:
             bar.total = est
     bar.update(n)
-
-
-def _pass1_near(d: Path, lang: str, order: np.ndarray, committed: dict) -> dict[str, int]:
-    """Near-duplicate candidates with the first position, in the sample order, of a
-    training document that duplicates them: pass 1's finds, and pass 2's committed ones."""
-    near = dict(committed)
-    _, pairs = pass1_checks(d, lang)
-    if len(pairs):
-        position = np.empty(len(order), np.int64)
-        position[order] = np.arange(len(order))
-        for doc, h in zip(position[pairs[:, 0]].tolist(), pairs[:, 1].tolist(), strict=True):
-            near[str(h)] = min(near.get(str(h), doc), doc)
-    return near
-
-
-def _local_batches(d: Path, lang: str, info: dict, order, first: int, k: int) -> Iterator[tuple]:
-    """Pass 2's tasks over the local documents from ``first`` in the sample order; with
-    ``k`` candidates, each names its documents' words and which pass 1 left unchecked."""
-    fid, st, en, kst, ken = load_index(d, lang)
-    keys = None
-    if k:
-        checked, _ = pass1_checks(d, lang)
-        keys = (str(d / f"{lang}.keys"), kst, ken, ~checked)
-    yield from span_batches(info["files"], fid, st, en, order, first, keys)
 
 
 def chain(*its):

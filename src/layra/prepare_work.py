@@ -78,31 +78,27 @@ def read_span(path: str, start: int, end: int) -> bytes:
     return os.pread(fd, end - start, start)
 
 
-def words_key(doc: str, fraction: float) -> tuple[bool, list[str]]:
-    """(held out?, the document's words). Joined by spaces, the words are its
-    ``normal_key`` when it has any; they are kept for the near-duplicate check, so the text
-    is normalised and split once (no words are computed when no document is held out)."""
+def words_key(doc: str, fraction: float) -> tuple[bool, bytes]:
+    """(held out?, the document's words joined by spaces, as UTF-8): its ``normal_key``
+    when it has words. The words are kept for the near-duplicate check of pass 2, so the
+    text is normalised and split once (``b""`` when no document is held out)."""
     from layra.data import key_is_heldout
     from layra.neardup import words
 
     if fraction <= 0:
-        return False, []
-    w = words(doc)
-    key = " ".join(w) or " ".join(doc.casefold().split())  # normal_key's fallback
-    return key_is_heldout(key, fraction), w
+        return False, b""
+    joined = " ".join(words(doc))
+    key = joined or " ".join(doc.casefold().split())  # normal_key's fallback
+    return key_is_heldout(key, fraction), joined.encode("utf-8")
 
 
-def index_piece(task: tuple) -> tuple:
-    """Pass 1 on one piece of a .txt file: (spans of its training documents, its held-out
-    documents, the training documents' words joined as bytes, the length of each, and --
-    when the leading held-out candidates ``cands`` are already known -- the (document,
-    candidate) pairs that are near-duplicates, or None when they were not checked here)."""
-    path, base, end, fraction, cands = task
+def index_piece(task: tuple) -> tuple[np.ndarray, np.ndarray, list[str], bytes, np.ndarray]:
+    """Pass 1 on one piece of a .txt file: spans of training documents, held-out documents,
+    the training documents' words (joined) and the length of each."""
+    path, base, end, fraction = task
     data = read_span(path, base, end)
     starts, ends, held = array("q"), array("q"), []
     keys, klens = [], array("q")
-    index = near_index(cands) if cands else None
-    pairs: list[tuple[int, int]] | None = [] if index else None
     for s, e in block_spans(data):
         if e - s > MAX_DOCUMENT_BYTES:
             raise LayraError(
@@ -117,19 +113,16 @@ def index_piece(task: tuple) -> tuple:
             ) from None
         if not doc:
             continue
-        out, w = words_key(doc, fraction)
+        out, key = words_key(doc, fraction)
         if out:
             held.append(doc)
-            continue
-        if index is not None:
-            pairs += [(len(starts), cands[1] + h) for h in index.matches_words(w)]
-        starts.append(base + s)
-        ends.append(base + e)
-        key = " ".join(w).encode("utf-8")
-        keys.append(key)
-        klens.append(len(key))
+        else:
+            starts.append(base + s)
+            ends.append(base + e)
+            keys.append(key)
+            klens.append(len(key))
     st, en = np.frombuffer(starts, np.int64), np.frombuffer(ends, np.int64)
-    return st, en, held, b"".join(keys), np.frombuffer(klens, np.int64), pairs
+    return st, en, held, b"".join(keys), np.frombuffer(klens, np.int64)
 
 
 def task_texts(task: tuple) -> list[str]:
@@ -150,21 +143,13 @@ def task_words(task: tuple, texts: list[str]) -> list[list[str]]:
 
     kind, payload = task
     if kind == "spans" and payload[5] is not None:
-        path, kst, ken = payload[5][:3]
+        path, kst, ken = payload[5]
         out = []
         for s, e in zip(kst, ken, strict=True):
             joined = read_span(path, s, e).decode("utf-8") if e > s else ""
             out.append(joined.split(" ") if joined else [])
         return out
     return [words(t) for t in texts]
-
-
-def _unchecked(task: tuple, n: int) -> list[bool]:
-    """Which documents of a task still need the near-duplicate check (pass 1 did the rest)."""
-    kind, payload = task
-    if kind == "spans" and payload[5] is not None and len(payload[5]) > 3:
-        return payload[5][3]
-    return [True] * n
 
 
 def read_candidates(paths, start: int = 0, stop: int | None = None) -> list[str]:
@@ -205,12 +190,10 @@ def tokenize_task(task: tuple) -> tuple[np.ndarray, np.ndarray, list[tuple[int, 
         out[pos + n - 1] = _W["eos"]
         pos += n
     pairs = []
-    need = _unchecked(inner, len(texts))
-    if cands and any(need):
+    if cands:
         index = near_index(cands)
         for i, w in enumerate(task_words(inner, texts)):
-            if need[i]:
-                pairs += [(i, cands[1] + h) for h in index.matches_words(w)]
+            pairs += [(i, cands[1] + h) for h in index.matches_words(w)]
     return out, lens, pairs
 
 
