@@ -199,10 +199,10 @@ def _local_bytes(cfg: DataConfig) -> int:
     return total
 
 
-def _workers(cfg: DataConfig, workers: int, say: Say) -> int:
+def _workers(nbytes: int, workers: int, say: Say) -> int:
     """Processes to use: ``workers``, or one per usable core; one for small text."""
     n = workers if workers > 0 else usable_cores()
-    n = 1 if _local_bytes(cfg) < INLINE_BYTES else n
+    n = 1 if nbytes < INLINE_BYTES else n
     if n > 1 and not spawn_can_start():
         say("data: the main script is not a file (stdin?), so no worker can start; one process")
         n = 1
@@ -218,7 +218,8 @@ def _build(d: Path, cfg: DataConfig, tokenizer, seed: int, workers: int, progres
     langs = list(dict.fromkeys(s.lang for s in cfg.sources))
     budgets = language_budgets(cfg)
     dtype = token_dtype(len(tokenizer))
-    n = _workers(cfg, workers, say)
+    nbytes = _local_bytes(cfg)
+    n = _workers(nbytes, workers, say)
     window = 2 * n + 1
     t0, times = time.perf_counter(), {}
     lap = lambda name: times.__setitem__(name, time.perf_counter() - t0 - sum(times.values()))  # noqa: E731
@@ -228,7 +229,7 @@ def _build(d: Path, cfg: DataConfig, tokenizer, seed: int, workers: int, progres
         pool = inline_pool(tokenizer)
     info, per_lang = {}, {}
     try:
-        with _bar(progress, "data: index", "B", _local_bytes(cfg)) as bar:
+        with _bar(progress, "data: index", "B", nbytes) as bar:
             for lang in langs:
                 srcs = [s for s in cfg.sources if s.lang == lang]
                 info[lang] = passes.index_language(

@@ -19,7 +19,6 @@ from layra.atomic import atomic_write_json, atomic_write_text
 from layra.config import DataConfig, SourceConfig
 from layra.documents import (
     documents_jsonl,
-    read_documents,
     txt_pieces,
 )
 from layra.errors import LayraError
@@ -335,7 +334,7 @@ def near_language(
     if marker.exists():
         done = json.loads(marker.read_text())
         return done["near"], done["checked"]
-    n = sum(1 for p in cands for _ in read_documents(p))
+    n = sum(sum(1 for _ in open(p, encoding="utf-8")) for p in cands)  # one JSONL row each
     _, _, extra = read_progress(d, lang, with_extra=True)
     if len(cands) == 1:
         near = {int(h) for h, first in extra.get("near", {}).items() if first < used}
