@@ -23,8 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Rows = models, columns = languages + Avg, then Learning (mean improvement over the\n"
             "base on the row's new languages) and Retention (on the others); positive = better\n"
             "(base - model for bits per byte, model - base for accuracy). One table per\n"
-            "benchmark. With --out: report.md, report.json, BENCH.csv, BENCH_tradeoff.png and\n"
-            "BENCH_bars.png; the Markdown is printed either way."
+            "benchmark; with two or more models, their pairwise differences with paired\n"
+            "bootstrap intervals. With --out: report.md, report.json, BENCH.csv per benchmark,\n"
+            "tradeoff.png (95 % intervals as error bars) and bars.png; the Markdown is printed\n"
+            "either way."
         ),
     )
     p.add_argument(
@@ -61,10 +63,9 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from layra.atomic import atomic_dir, atomic_write_json, atomic_write_text
-    from layra.evaluation.report import build_tables, parse_new, to_csv, to_markdown
+    from layra.atomic import atomic_dir
+    from layra.evaluation.report import build_tables, parse_new, to_markdown
     from layra.evaluation.store import load_records
-    from layra.provenance import provenance
 
     _check_args(args)
     records = load_records(args.results)
@@ -72,21 +73,13 @@ def run(args: argparse.Namespace) -> int:
     markdown = to_markdown(tables)
     print(markdown, end="")
     if args.out:
-        from layra.evaluation.plots import plot_bars, plot_tradeoff
+        from layra.evaluation.writer import write_report
         from layra.lock import output_lock
 
         out = Path(args.out)
         with output_lock(out), atomic_dir(out, overwrite=args.overwrite) as tmp:
-            atomic_write_text(tmp / "report.md", markdown)
-            for t in tables:
-                atomic_write_text(tmp / f"{t.benchmark}.csv", to_csv(t))
-                plot_tradeoff(t, tmp / f"{t.benchmark}_tradeoff.png")
-                plot_bars(t, tmp / f"{t.benchmark}_bars.png")
-            atomic_write_json(tmp / "report.json", {
-                "tables": [t.to_dict() for t in tables],
-                "inputs": sorted(r["key"] for r in records),
-                "args": {"results": args.results, "base": args.base, "new": args.new},
-                "provenance": provenance(),
-            })  # fmt: skip
+            extra = {"inputs": sorted(r["key"] for r in records),
+                     "args": {"results": args.results, "base": args.base, "new": args.new}}  # fmt: skip
+            write_report(tmp, tables, extra=extra)
         print(f"report written to {args.out}")
     return 0

@@ -76,6 +76,7 @@ class Table:
     langs: list[str]
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
+    pairs: list[Any] = field(default_factory=list)  # Pair: every two non-base rows, a − b
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +85,8 @@ class Table:
             "langs": self.langs, "notes": self.notes,
             "rows": [vars(r) | {"new": list(r.new), "learning_noise": r.learning_noise,
                                 "retention_noise": r.retention_noise} for r in self.rows],
+            "pairs": [vars(p) | {"learning_noise": p.learning_noise,
+                                 "retention_noise": p.retention_noise} for p in self.pairs],
         }  # fmt: skip
 
 
@@ -149,6 +152,47 @@ def _rng(*parts: str) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32("|".join(parts).encode("utf-8")))
 
 
+def _replicates(
+    cells: dict[tuple[str, Any, str], dict[str, Any]], m: str, la: str, scale: float,
+    resamples: int,
+) -> tuple[list[Any], np.ndarray] | None:  # fmt: skip
+    """Model ``m``'s seeds on ``la`` and their resampled scores, ``[seeds, resamples]``.
+
+    The documents are drawn with replacement — one draw per language, shared by every
+    model (the comparison is paired) — from each bpb record's per-document NLL and bytes;
+    records without them (task accuracies) repeat their value.
+    """
+    found = [(s, r) for (n, s, x), r in sorted(cells.items(), key=lambda kv: str(kv[0]))
+             if n == m and x == la]  # fmt: skip
+    if not found:
+        return None
+    per_seed = []
+    for _, r in found:
+        arr = _doc_arrays(r)
+        if arr is None:
+            per_seed.append(np.full(resamples, float(r["value"]) * scale))
+            continue
+        nll, nbytes = arr
+        w = _rng("docs", la).multinomial(len(nll), np.full(len(nll), 1 / len(nll)),
+                                         size=resamples)  # fmt: skip
+        per_seed.append((w @ nll) / (math.log(2) * (w @ nbytes)) * scale)
+    return [s for s, _ in found], np.stack(per_seed)
+
+
+def _seed_mean(stack: np.ndarray, picks: np.ndarray) -> np.ndarray:
+    """Per resample, the mean over the drawn seeds (``picks``: ``[resamples, seeds]``)."""
+    return stack[picks, np.arange(stack.shape[1])[:, None]].mean(axis=1)
+
+
+def _interval(deltas: dict[str, np.ndarray], keep) -> tuple[float, float] | None:
+    """The 95 % percentile interval of the mean over the kept languages' resampled deltas."""
+    chosen = [v for la, v in deltas.items() if keep(la)]
+    if not chosen:
+        return None
+    lo, hi = np.quantile(np.mean(chosen, axis=0), [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+    return float(lo), float(hi)
+
+
 def bootstrap_deltas(
     cells: dict[tuple[str, Any, str], dict[str, Any]],
     base: str,
@@ -161,46 +205,86 @@ def bootstrap_deltas(
 ) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
     """95 % intervals of a row's (Learning, Retention): bootstrap over documents and seeds.
 
-    ``cells`` maps (model name, seed, lang) to a record. Per resample and language,
-    the documents are drawn with replacement — one draw shared by every model, from
-    each bpb record's per-document NLL and bytes (records without them, e.g. task
-    accuracies, contribute their value: seeds only) — then each model's seeds are
-    drawn with replacement and averaged; Learning / Retention are the means of the
+    ``cells`` maps (model name, seed, lang) to a record. Per resample and language, the
+    documents are drawn with replacement (:func:`_replicates`), then each model's seeds
+    are drawn with replacement and averaged; Learning / Retention are the means of the
     resampled improvements over the base, as in the table.
     """
     deltas: dict[str, np.ndarray] = {}
     for la in langs:
         reps = {}
         for m in (base, name):
-            recs = [r for (n, _, x), r in sorted(cells.items(), key=lambda kv: str(kv[0]))
-                    if n == m and x == la]  # fmt: skip
-            if not recs:
+            got = _replicates(cells, m, la, scale, resamples)
+            if got is None:
                 break
-            docs = [_doc_arrays(r) for r in recs]
-            per_seed = []
-            for r, arr in zip(recs, docs, strict=True):
-                if arr is None:
-                    per_seed.append(np.full(resamples, float(r["value"]) * scale))
-                    continue
-                nll, nbytes = arr
-                w = _rng("docs", la).multinomial(len(nll), np.full(len(nll), 1 / len(nll)),
-                                                 size=resamples)  # fmt: skip
-                per_seed.append((w @ nll) / (math.log(2) * (w @ nbytes)) * scale)
-            stack = np.stack(per_seed)  # [seeds, resamples]
-            picks = _rng("seeds", m, la).integers(0, len(recs), size=(resamples, len(recs)))
-            reps[m] = stack[picks, np.arange(resamples)[:, None]].mean(axis=1)
+            n = len(got[0])
+            reps[m] = _seed_mean(got[1], _rng("seeds", m, la).integers(0, n, size=(resamples, n)))
         else:
             deltas[la] = sign * (reps[name] - reps[base])
+    return _interval(deltas, lambda la: la in new), _interval(deltas, lambda la: la not in new)
 
-    def interval(keep) -> tuple[float, float] | None:
-        chosen = [v for la, v in deltas.items() if keep(la)]
-        if not chosen:
-            return None
-        stat = np.mean(chosen, axis=0)
-        lo, hi = np.quantile(stat, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-        return float(lo), float(hi)
 
-    return interval(lambda la: la in new), interval(lambda la: la not in new)
+@dataclass
+class Pair:
+    """Row ``a`` minus row ``b``: the difference of their improvements (positive = a better)."""
+
+    a: str
+    b: str
+    learning: float | None
+    retention: float | None
+    learning_ci: tuple[float, float] | None = None
+    retention_ci: tuple[float, float] | None = None
+    paired_seeds: bool = False  # the same training seeds: each resample draws them together
+
+    @property
+    def learning_noise(self) -> bool | None:
+        return _includes_zero(self.learning_ci)
+
+    @property
+    def retention_noise(self) -> bool | None:
+        return _includes_zero(self.retention_ci)
+
+
+def pair_deltas(
+    cells: dict[tuple[str, Any, str], dict[str, Any]], a: Row, b: Row, langs: list[str],
+    scale: float, sign: float, resamples: int = RESAMPLES,
+) -> Pair:  # fmt: skip
+    """``a`` − ``b`` on Learning and Retention, with a paired bootstrap interval.
+
+    Paired: every resample draws the same documents for both rows, and — when the two
+    rows have the same training seeds — the same seeds (seed ``s`` of ``a`` against seed
+    ``s`` of ``b``); otherwise each row's seeds are drawn on their own. Only languages
+    both rows have count, and Learning only when both rows have the same new languages.
+    With one seed per row on text without per-document scores there is nothing to
+    resample, so no interval.
+    """
+    shared = [la for la in langs if la in a.values and la in b.values]
+    point = {la: sign * (a.values[la] - b.values[la]) for la in shared}
+    deltas: dict[str, np.ndarray] = {}
+    paired = False
+    for la in shared:
+        ga, gb = (_replicates(cells, r.name, la, scale, resamples) for r in (a, b))
+        if ga is None or gb is None:
+            continue
+        paired = ga[0] == gb[0]
+        n_a, n_b = len(ga[0]), len(gb[0])
+        if paired:
+            picks = _rng("pair-seeds", la).integers(0, n_a, size=(resamples, n_a))
+            pick_a = pick_b = picks
+        else:
+            pick_a = _rng("seeds", a.name, la).integers(0, n_a, size=(resamples, n_a))
+            pick_b = _rng("seeds", b.name, la).integers(0, n_b, size=(resamples, n_b))
+        deltas[la] = sign * (_seed_mean(ga[1], pick_a) - _seed_mean(gb[1], pick_b))
+    same_new = a.new == b.new
+    varies = any(float(np.ptp(v)) > 0 for v in deltas.values()) or max(a.seeds, b.seeds) > 1
+    learn = [point[la] for la in shared if la in a.new] if same_new else []
+    keep = [point[la] for la in shared if la not in a.new]
+    pair = Pair(a.name, b.name, _mean(learn), _mean(keep), paired_seeds=paired)
+    if varies:
+        if same_new:
+            pair.learning_ci = _interval(deltas, lambda la: la in a.new)
+        pair.retention_ci = _interval(deltas, lambda la: la not in a.new)
+    return pair
 
 
 def _cells(records: list[dict[str, Any]]):
@@ -277,7 +361,10 @@ def build_table(
                 cells, base, name, langs, row.new, scale, sign
             )
         rows.append(row)
-    return Table(bench, metrics[0], higher, unit, base, langs, rows, notes)
+    others = rows[1:]
+    pairs = [pair_deltas(cells, a, b, langs, scale, sign)
+             for i, a in enumerate(others) for b in others[i + 1:]]  # fmt: skip
+    return Table(bench, metrics[0], higher, unit, base, langs, rows, notes, pairs)
 
 
 def build_tables(
@@ -348,8 +435,38 @@ def to_markdown(tables: list[Table]) -> str:
                      ",".join(r.new) or "–"]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
         lines += [f"\nnote: {n}" for n in t.notes]
+        if t.pairs:
+            lines += ["", pairs_markdown(t)]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
+
+
+def pairs_header(table: Table) -> str:
+    """What the pairwise table's numbers are and what they were resampled over."""
+    seeds = max(r.seeds for r in table.rows)
+    over = "held-out documents" if table.metric == "bpb" else ""
+    if seeds > 1:
+        over = f"{over} and seeds" if over else "seeds"
+    what = (f"Method against method: row a − row b of Learning Δ and Retention Δ (positive = a "
+            f"better), same {table.base} baseline")  # fmt: skip
+    if not any(p.learning_ci or p.retention_ci for p in table.pairs):
+        return what + "; one seed each and no per-document scores: no interval."
+    how = (f"; {LEVEL:.0%} paired bootstrap interval over {over} ({RESAMPLES} resamples: the "
+           "same documents for both rows, and the same seeds where both rows have them); "
+           f"{NOISE} marks a difference whose interval includes 0 (inside the noise)")  # fmt: skip
+    if seeds < 2:
+        how += ". One seed: the interval covers the documents, not training noise"
+    return what + how + "."
+
+
+def pairs_markdown(table: Table) -> str:
+    d = _digits(table)
+    lines = [f"### {table.benchmark}: pairwise differences", "", pairs_header(table), "",
+             "| a | b | Learning Δ (a − b) | Retention Δ (a − b) |", "|---|---|---|---|"]  # fmt: skip
+    for p in table.pairs:
+        lines.append(f"| {p.a} | {p.b} | {_fmt_delta(p.learning, p.learning_ci, d)} | "
+                     f"{_fmt_delta(p.retention, p.retention_ci, d)} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def to_csv(table: Table) -> str:
