@@ -32,15 +32,31 @@ def test_demo_end_to_end_on_a_tiny_model(model_dirs, tmp_path, capsys):
     assert table.langs == ["eng", "por", "spa", "glg", "glg-wesnoth"]
     for row in table.rows[1:]:
         assert row.learning is not None and row.retention is not None
-    for png in (out["tradeoff"], out["bars"]):
-        assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for png in (out["files"]["tradeoff.png"], out["files"]["bars.png"]):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "| PT " in printed and "tiny next to the paper" in printed
+    report = tmp_path / "demo" / "report"
+    names = sorted(p.name for p in report.iterdir())
+    assert names == ["bars.png", "bpb.csv", "report.json", "report.md", "timings.json",
+                     "tradeoff.png"]  # fmt: skip
+    # The pipeline is the sweep's: its layout, its summary, one run per method and seed.
+    assert (tmp_path / "demo" / "sweep.json").is_file()
+    assert (tmp_path / "demo" / "runs" / "layra" / "seed=0" / "run.json").is_file()
+    assert [(p.a, p.b) for p in table.pairs] == [("full", "layra"), ("full", "lora"),
+                                                 ("layra", "lora")]  # fmt: skip
+    assert "pairwise differences" in (report / "report.md").read_text()
+    timings = json.loads((report / "timings.json").read_text())
+    assert set(timings["train_s"]) == {"full,seed=0", "layra,seed=0", "lora,seed=0"}
+    assert timings["train_eval_s"] > 0 and "predicted_s" in timings
     # A second run reuses everything: no training, evaluation from the store.
     s2 = DemoSettings(**{**s.__dict__, "timings": {}})
-    run_demo(s2)
+    again = run_demo(s2)
     second = capsys.readouterr().out
-    assert second.count("done before, reusing") == 3 and "skipped (cached)" in second
+    assert second.count("trained before, reusing") == 3
+    assert second.count("evaluated before, skipped") == 4
+    assert again["timings"]["train_s"] == {} and again["timings"]["eval_s"] == {}
+    assert "runs reused from before: no prediction to compare" in second
 
 
 @pytest.mark.slow
@@ -61,29 +77,54 @@ def test_demo_reduced_real_run(tmp_path):
     assert all(0.3 < v < 3.0 for v in pt.values.values()), pt.values  # a real LM on real text
 
 
+def _costs(step_s: float, methods=("full", "lora", "layra")):
+    from layra.demo import Costs
+
+    # layra and lora steps cost half of full's, as measured on Gemma 3 270M.
+    steps = {m: step_s if m == "full" else step_s / 2 for m in methods}
+    return Costs(steps, {m: 30.0 for m in methods}, eval_load_s=10.0, eval_s_per_byte=step_s / 3000)
+
+
 def test_fit_budget_scales_tokens_and_bytes_to_the_target():
     from layra.demo import fit_budget
 
-    args = dict(target_s=1200, runs=3, eval_models=4, texts=5, tokens_per_step=1024,
-                run_overhead_s=30)  # fmt: skip
-    fast = fit_budget(16_384, 12_000, step_s=3.0, **args)  # AMX-class: 16 steps x 3 s
+    args = dict(target_s=1200, runs={"full": 1, "lora": 1, "layra": 1}, eval_models=4, texts=5,
+                tokens_per_step=1024)  # fmt: skip
+    fast = fit_budget(16_384, 12_000, costs=_costs(3.0), **args)  # AMX-class: 16 steps x 3 s
     assert (fast.tokens, fast.eval_bytes, fast.note) == (16_384, 12_000, "fits")
-    # AVX2-class: 40 s a step. 16 steps x 3 runs alone would take 32 minutes.
-    slow = fit_budget(16_384, 12_000, step_s=40.0, **args)
+    # The prediction is the sum of its terms, checked by hand: 3 runs x (30 s + 16 steps),
+    # full's steps 3 s and the others' 1.5 s; 4 models x (10 s + 5 x 12,000 bytes x 1 ms).
+    by_hand_train = 3 * 30 + 16 * (3.0 + 1.5 + 1.5)
+    by_hand_eval = 4 * (10 + 5 * 12_000 * 3.0 / 3000)
+    assert fast.predicted_train_s == pytest.approx(by_hand_train, abs=0.1)
+    assert fast.predicted_eval_s == pytest.approx(by_hand_eval, abs=0.1)
+    assert fast.predicted_s == pytest.approx(by_hand_train + by_hand_eval, abs=0.1)
+    # AVX2-class: 40 s a step of full. 16 steps x (40 + 20 + 20) s alone would take 21 minutes.
+    slow = fit_budget(16_384, 12_000, costs=_costs(40.0), **args)
     assert slow.note == "scaled to fit" and slow.predicted_s <= 1200
     assert slow.tokens < 16_384 and slow.tokens % 1024 == 0 and slow.tokens >= 2 * 1024
-    # Evaluation alone (4 models x 5 texts x 3000 tokens x 40/1024/3 s) is over 40 % of 20 min.
-    assert 1_500 <= slow.eval_bytes < 12_000
-    # The prediction is the sum of its terms, checked by hand.
-    steps = slow.tokens // 1024
-    fwd = 40.0 / 1024 / 3
-    by_hand = 3 * (30 + steps * 40.0) + 4 * (30 + 5 * slow.eval_bytes / 4 * fwd)
-    assert slow.predicted_s == pytest.approx(by_hand, abs=0.1)
-    fixed = fit_budget(16_384, 12_000, step_s=40.0, fixed=True, **args)
+    # Evaluation alone (4 x (10 + 5 x 12,000 x 13 ms)) is far over 40 % of 20 min.
+    assert 1_500 <= slow.eval_bytes < 12_000 and slow.predicted_eval_s <= 0.4 * 1200 + 1
+    fixed = fit_budget(16_384, 12_000, costs=_costs(40.0), fixed=True, **args)
     assert (fixed.tokens, fixed.eval_bytes) == (16_384, 12_000) and "will not fit" in fixed.note
-    hopeless = fit_budget(16_384, 12_000, step_s=400.0, **args)
+    hopeless = fit_budget(16_384, 12_000, costs=_costs(400.0), **args)
     assert hopeless.tokens == 2 * 1024 and hopeless.eval_bytes == 1_500
     assert hopeless.note == "scaled to the minimum; still over"
+
+
+def test_fit_budget_uses_each_methods_own_step_time():
+    """Two seeds of a cheap method fit where one costly step time for all would not."""
+    from layra.demo import Costs, fit_budget
+
+    costs = Costs({"lora": 5.0, "full": 20.0}, {"lora": 10.0, "full": 10.0}, 5.0, 1e-4)
+    b = fit_budget(16_384, 4_000, target_s=900, costs=costs, runs={"lora": 2, "full": 1},
+                   eval_models=4, texts=5, tokens_per_step=1024)  # fmt: skip
+    # 2 x (10 + 16 x 5) + (10 + 16 x 20) = 510 s of training: fits 900 s with evaluation.
+    assert b.note == "fits" and b.predicted_train_s == pytest.approx(510.0)
+    as_if_all_full = fit_budget(16_384, 4_000, target_s=900, costs=Costs(
+        {"lora": 20.0, "full": 20.0}, {"lora": 10.0, "full": 10.0}, 5.0, 1e-4),
+        runs={"lora": 2, "full": 1}, eval_models=4, texts=5, tokens_per_step=1024)  # fmt: skip
+    assert as_if_all_full.note == "scaled to fit"
 
 
 def test_demo_scales_its_budget_when_it_will_not_fit(model_dirs, tmp_path, capsys):
@@ -97,6 +138,6 @@ def test_demo_scales_its_budget_when_it_will_not_fit(model_dirs, tmp_path, capsy
     printed = capsys.readouterr().out
     assert "would not fit this machine, so they were scaled down" in printed
     assert "precision: fp32" in printed and "machine:" in printed
-    run = json.loads((tmp_path / "demo" / "runs" / "lora" / "run.json").read_text())
+    run = json.loads((tmp_path / "demo" / "runs" / "lora" / "seed=0" / "run.json").read_text())
     assert run["tokens"] == 2 * 64
     assert not (tmp_path / "demo" / ".calibrate").exists()

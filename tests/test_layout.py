@@ -1,5 +1,6 @@
-"""Source-level promises of docs/architecture.md: functions fit on a screen, and only
-layra.rundir names the files of a run directory."""
+"""Source-level promises of docs/architecture.md: functions fit on a screen, only
+layra.rundir names the files of a run directory, and only layra.evaluation.writer
+writes reports."""
 
 from __future__ import annotations
 
@@ -38,3 +39,25 @@ def test_only_rundir_names_run_directory_files():
         if isinstance(node, ast.Constant) and node.value in RUN_FILES
     ]
     assert named == []
+
+
+REPORT_FILES = {"report.md", "report.json", "tradeoff.png", "bars.png", "timings.json"}
+REPORT_WRITERS = {"to_csv", "tradeoff_png", "bars_png", "lambda_png", "plot_tradeoff", "plot_bars"}
+
+
+def test_one_module_writes_every_report():
+    """`layra report`, sweeps and the demo all go through layra.evaluation.writer: no other
+    module names a report file or renders a report's CSV or plots."""
+    home = {Path("evaluation/writer.py"), Path("evaluation/plots.py"), Path("evaluation/report.py")}
+    found = []
+    for path, tree in _trees():
+        if path in home:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value in REPORT_FILES:
+                found.append(f"{path}:{node.lineno} names {node.value}")
+            elif isinstance(node, ast.Name | ast.Attribute | ast.alias):
+                name = getattr(node, "id", None) or getattr(node, "attr", None) or node.name
+                if name in REPORT_WRITERS:
+                    found.append(f"{path}:{node.lineno} uses {name}")
+    assert found == []

@@ -110,8 +110,8 @@ def test_grid_expands_as_documented(tmp_path, model_dirs, corpus_dir):
          "grids[0].mode: 'diagonal' is not a valid"),
         ({"name": "g", "kind": "lambda", "vectors": ["V"], "lambdas": [1]},
          "grid g: mode is required (single, series, merge, instruct)"),
-        ({"name": "g", "kind": "train", "axes": {}},
-         "grid g: axes is empty"),
+        ({"name": "g", "kind": "train", "axes": ["method.k"]},
+         "grid g: axes must map dotted run-config keys to lists of values"),
         ({"name": "g", "kind": "train", "axes": {"method.k": []}},
          "grid g: axis method.k needs a non-empty list of values"),
         ({"name": "g", "kind": "train", "axes": {"method.k": [1]}, "lambdas": [1]},
@@ -246,7 +246,15 @@ def test_every_lambda_point_equals_the_model_evaluated_on_its_own(
     assert points["single:lam=0"]["learning"] == 0.0 and points["single:lam=0"]["retention"] == 0
     assert points["single:lam=1"]["learning"] > 0  # training on Galician lowers its bpb
     report = tmp_path / "sweep" / "report"
-    for f in ("README.md", "bpb.csv", "tradeoff.png", "lambda-single.png", "lambda-merge.png"):
+    for f in (
+        "report.md",
+        "report.json",
+        "bpb.csv",
+        "tradeoff.png",
+        "bars.png",
+        "lambda-single.png",
+        "lambda-merge.png",
+    ):
         assert (report / f).is_file(), f
     assert (report / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -297,6 +305,37 @@ def test_training_grid_trains_evaluates_and_reruns_skip_finished_points(
     # Other evaluation settings make every point count as unfinished again.
     with pytest.raises(AssertionError, match="a finished point was redone"):
         run_sweep(load_sweep(path, ["eval.max_bytes=1000"]), progress=False, say=lambda m: None)
+
+
+def test_grid_without_axes_is_one_row_per_seed_and_the_report_reads_only_its_records(
+    tmp_path, model_dirs, corpus_dir
+):
+    """The demo's shape: a grid per method, no axes, two seeds. Changing the evaluation
+    afterwards leaves older records in the store; the report uses only this call's."""
+    mdir = model_dirs["llama"]
+    run = tiny_run(mdir, corpus_dir / "gl.txt", "glg")
+    lora = {**run, "method": {"name": "lora", "dropout": 0.0}}
+    path = write_sweep(tmp_path, mdir, corpus_dir, [
+        {"name": "layra", "kind": "train", "run": run},
+        {"name": "lora", "kind": "train", "run": lora},
+    ], seeds=[0, 1])  # fmt: skip
+    first = run_sweep(load_sweep(path), progress=False, say=lambda m: None)
+    runs = tmp_path / "sweep" / "runs"
+    assert sorted(p.name for p in (runs / "layra").iterdir()) == ["seed=0", "seed=1"]
+    table = first["table"]
+    assert [(r.name, r.seeds) for r in table.rows] == [("PT", 1), ("layra", 2), ("lora", 2)]
+    (pair,) = table.pairs
+    assert (pair.a, pair.b, pair.paired_seeds) == ("layra", "lora", True)
+    assert pair.learning_ci is not None and pair.learning_ci[0] <= pair.learning_ci[1]
+    assert set(first["timings"]["train_s"]) == {"layra,seed=0", "layra,seed=1", "lora,seed=0",
+                                                "lora,seed=1"}  # fmt: skip
+    # Fewer bytes: new records beside the old ones, which were scored on other data.
+    second = run_sweep(load_sweep(path, ["eval.max_bytes=300"]), progress=False,
+                       say=lambda m: None)  # fmt: skip
+    assert second["timings"]["train_s"] == {}  # the runs are reused, only evaluation is redone
+    assert [r.name for r in second["table"].rows] == ["PT", "layra", "lora"]
+    report = json.loads((tmp_path / "sweep" / "report" / "report.json").read_text())
+    assert report["tables"][0]["pairs"][0]["a"] == "layra"
 
 
 def test_cli_dry_run_lists_points_and_errors_are_one_line(tmp_path, model_dirs, corpus_dir, capsys):
@@ -361,5 +400,5 @@ def test_seeds_train_each_point_per_seed_and_the_table_has_intervals(
     assert seeds == {0, 1}
     row = next(p for p in summary["points"] if p["seed"] == 0)
     assert row["seeds"] == 2 and row["learning_ci"][0] <= row["learning"] <= row["learning_ci"][1]
-    table = (tmp_path / "sweep" / "report" / "README.md").read_text()
+    table = (tmp_path / "sweep" / "report" / "report.md").read_text()
     assert "| emb:embeddings=full | 2 | " in table and "bootstrap interval" in table

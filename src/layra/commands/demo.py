@@ -18,9 +18,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Offline, on a real pretrained model and real text: convert Gemma 3 270M from its\n"
             "PyPI GGUF package, build Galician/English/Spanish/Portuguese text from Debian\n"
             "packages, train full, lora and layra on Galician, score bits per byte per language\n"
-            "and print the learning/retention table and plots. Re-running reuses finished work.\n"
-            "One timed step sizes the budget first: if --tokens / --eval-bytes would not fit in\n"
-            "--minutes on this machine, they are scaled down and the demo says so."
+            "and print the learning/retention table, the pairwise differences between methods\n"
+            "and plots. The demo is a sweep preset (layra sweep's train -> evaluate -> report);\n"
+            "re-running reuses finished work. Two timed steps of each method and a short\n"
+            "scoring pass size the budget first: if --tokens / --eval-bytes would not fit in\n"
+            "--minutes on this machine, they are scaled down and the demo says so; the report\n"
+            "gives the predicted and the measured time."
         ),
     )
     p.add_argument("--workdir", type=Path, default=Path("layra-demo"), help="where everything goes")

@@ -172,9 +172,10 @@ def _validate_train(g: GridConfig, where: str) -> None:
         require(getattr(g, key) is None, f"{where}: {key} is for kind lambda, not kind train")
     require(not g.vectors and not g.lambdas, f"{where}: vectors / lambdas are for kind lambda")
     require(isinstance(g.run, dict), f"{where}: run must be a mapping of run-config settings")
+    # No axes: the grid is one run (a point named by the grid), e.g. one method of the demo.
     require(
-        isinstance(g.axes, dict) and bool(g.axes),
-        f"{where}: axes is empty: give dotted run-config keys with lists of values, "
+        isinstance(g.axes, dict),
+        f"{where}: axes must map dotted run-config keys to lists of values, "
         "e.g. {method.embeddings: [full, frozen]}",
     )
     for key, values in g.axes.items():
@@ -238,12 +239,13 @@ def train_points(cfg: SweepConfig, g: GridConfig) -> list[Point]:
     shown = [s if short.count(s) == 1 else k for s, k in zip(short, keys, strict=True)]
     points = []
     for values in itertools.product(*(g.axes[k] for k in keys)):
-        name = _slug(list(zip(shown, values, strict=True)))
+        name = _slug(list(zip(shown, values, strict=True))) if keys else ""
         # JSON is YAML, so each value keeps its type through the override parser.
         sets = [f"{k}={json.dumps(v)}" for k, v in zip(keys, values, strict=True)]
         for seed in cfg.seeds or [None]:
             # One name for every seed (one report row); one run directory per seed.
-            slug = name if seed is None else f"{name},seed={seed}"
+            slug = ",".join(x for x in (name, "" if seed is None else f"seed={seed}") if x)
+            slug = slug or "run"
             data = json.loads(json.dumps(base))  # a deep copy that also rejects odd YAML objects
             data.setdefault("model", {}).setdefault("name_or_path", cfg.model)
             apply_overrides(data, sets + ([] if seed is None else [f"train.seed={seed}"]))
@@ -254,9 +256,8 @@ def train_points(cfg: SweepConfig, g: GridConfig) -> list[Point]:
             except LayraError as e:
                 raise LayraError(f"grid {g.name}, point {slug}: {e}") from None
             params = dict(zip(keys, values, strict=True))
-            points.append(
-                Point(f"{g.name}:{name}", g.name, slug, "train", params, run=run, seed=seed)
-            )
+            shown_name = f"{g.name}:{name}" if name else g.name
+            points.append(Point(shown_name, g.name, slug, "train", params, run=run, seed=seed))
     return points
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +39,10 @@ class _Markers:
         self.root = out / "points"
         self.eval_identity = eval_identity
         self.store = store
+        # Per point, the record keys found done or marked in this call: the report's records.
+        self.current: dict[Path, list[str]] = {}
 
-    def _path(self, p: Point) -> Path:
+    def path(self, p: Point) -> Path:
         return self.root / (p.grid or "_base") / f"{p.slug}.json"
 
     def _identity(self, p: Point, extra: dict[str, Any]) -> str:
@@ -46,7 +50,7 @@ class _Markers:
 
     def done(self, p: Point, extra: dict[str, Any]) -> list[str] | None:
         """The point's record keys if it was evaluated like this and they are all stored."""
-        path = self._path(p)
+        path = self.path(p)
         if not path.is_file():
             return None
         try:
@@ -56,13 +60,17 @@ class _Markers:
         if m.get("identity") != self._identity(p, extra):
             return None
         keys = m.get("records") or []
-        return keys if keys and all(self.store.get(k) is not None for k in keys) else None
+        if not keys or any(self.store.get(k) is None for k in keys):
+            return None
+        self.current[path] = keys
+        return keys
 
     def mark(self, p: Point, extra: dict[str, Any], records: list[dict[str, Any]]) -> None:
         from layra.atomic import atomic_write_json
 
+        self.current[self.path(p)] = [r["key"] for r in records]
         atomic_write_json(
-            self._path(p),
+            self.path(p),
             {
                 "name": p.name,
                 "identity": self._identity(p, extra),
@@ -116,11 +124,21 @@ def _write_how_made(cfg: SweepConfig, out: Path) -> None:
 
 
 @holds_output_lock("cfg.out", "sweep output {}", subdirs=("results",))
-def run_sweep(cfg: SweepConfig, progress: bool = True, say: Say | None = None) -> dict[str, Any]:
+def run_sweep(
+    cfg: SweepConfig, progress: bool = True, say: Say | None = None,
+    preface: str | Callable[[dict[str, Any]], str] = "", timings: dict[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Train, evaluate and report every point of ``cfg`` (skipping finished ones).
 
-    Returns the summary also written to ``OUT/sweep.json``. Everything that can be
-    checked without weights (configs, plans, texts) is checked before any work.
+    Returns the summary also written to ``OUT/sweep.json`` (and, not in the file, the
+    report's :class:`~layra.evaluation.report.Table` under ``table``). Everything that
+    can be checked without weights (configs, plans, texts) is checked before any work.
+
+    ``timings`` (a dict the caller may pre-fill) gets the seconds each point's training
+    (``train_s``) and evaluation (``eval_s``) took in this call — reused work is not
+    timed — and ``train_eval_s``, the whole; it is written to ``OUT/report/timings.json``.
+    ``preface``: Markdown put before the report's tables, or a function of the timings
+    that returns it (called once everything is measured).
     """
     from layra.atomic import atomic_write_json
     from layra.evaluation.langs import normalize_lang
@@ -132,8 +150,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, say: Say | None = None) -
     points = expand(cfg)
     check_plans(points)
     out = Path(cfg.out)
-    e = cfg.eval
-    texts = [(normalize_lang(t.lang), t.path) for t in e.texts]
+    texts = [(normalize_lang(t.lang), t.path) for t in cfg.eval.texts]
     eval_identity = _eval_identity(cfg, texts)
     _write_how_made(cfg, out)
     store = ResultStore(out / "results")
@@ -143,31 +160,56 @@ def run_sweep(cfg: SweepConfig, progress: bool = True, say: Say | None = None) -
         f"-> {out}"
     )
 
+    timings = {} if timings is None else timings
+    timings.update({"train_s": {}, "eval_s": {}})
+    t_work = time.perf_counter()
+    _run_points(cfg, points, texts, store, markers, progress, say, timings)
+    timings["train_eval_s"] = round(time.perf_counter() - t_work, 2)
+    text = preface(timings) if callable(preface) else preface
+    summary, table = _report(cfg, points, store, markers, out, say, text, timings)
+    summary["timings"] = timings
+    summary["provenance"] = provenance()
+    atomic_write_json(out / "sweep.json", summary)
+    return {**summary, "table": table}
+
+
+def _run_points(cfg: SweepConfig, points: list[Point], texts, store, markers: _Markers,
+                progress: bool, say: Say, timings: dict[str, Any]) -> None:  # fmt: skip
+    """Train and evaluate every point not finished before, timing what is done now."""
+    e = cfg.eval
+
     def evaluate(p: Point, model_arg: str, extra: dict[str, Any], loaded=None) -> None:
         from layra.evaluation.run import run_bpb
 
+        t = time.perf_counter()
         recs = run_bpb(model_arg, texts, store.root, name=p.name, seq_len=e.seq_len,
                        batch_size=e.batch_size, dtype=e.dtype, max_bytes=e.max_bytes,
                        progress=progress, say=lambda m: say(f"  {m}"), loaded=loaded)  # fmt: skip
         markers.mark(p, extra, recs)
+        timings["eval_s"][_point_key(p)] = round(time.perf_counter() - t, 2)
 
     for p in points:
         if p.kind == "base" and not _skip(say, p, markers, {}):
             evaluate(p, cfg.model, {})
         elif p.kind == "train":
-            _train_point(p, progress, say)
+            t = time.perf_counter()
+            if _train_point(p, progress, say):
+                timings["train_s"][_point_key(p)] = round(time.perf_counter() - t, 2)
             # A run trained again (another run.json) is evaluated again.
-            extra = {"run": _file_hash(RunDir(p.run.output_dir).run_json)}
-            if not _skip(say, p, markers, extra):
-                evaluate(p, p.run.output_dir, extra)
+            if not _skip(say, p, markers, _train_extra(p)):
+                evaluate(p, p.run.output_dir, _train_extra(p))
     for g in cfg.grids:
         if g.kind == "lambda":
             _lambda_grid(cfg, g, [p for p in points if p.grid == g.name], markers, evaluate, say)
 
-    summary = _report(cfg, points, store, out, say)
-    summary["provenance"] = provenance()
-    atomic_write_json(out / "sweep.json", summary)
-    return summary
+
+def _point_key(p: Point) -> str:
+    """A point's name in timings: its name, and its seed when the sweep has seeds."""
+    return p.name if p.seed is None else f"{p.name},seed={p.seed}"
+
+
+def _train_extra(p: Point) -> dict[str, Any]:
+    return {"run": _file_hash(RunDir(p.run.output_dir).run_json)}
 
 
 def _skip(say: Say, p: Point, markers: _Markers, extra: dict[str, Any]) -> bool:
@@ -179,8 +221,8 @@ def _skip(say: Say, p: Point, markers: _Markers, extra: dict[str, Any]) -> bool:
     return False
 
 
-def _train_point(p: Point, progress: bool, say: Say) -> None:
-    """Train a point's run unless it finished before with the same settings."""
+def _train_point(p: Point, progress: bool, say: Say) -> bool:
+    """Train a point's run unless it finished before with the same settings (then False)."""
     from layra.train import train
 
     require(p.run is not None, f"internal: sweep point {p.name} has no run to train")
@@ -194,9 +236,10 @@ def _train_point(p: Point, progress: bool, say: Say) -> None:
             "settings; remove it or choose another sweep out",
         )
         say(f"{p.name}: trained before, reusing {run_dir}")
-        return
+        return False
     say(f"{p.name}: training -> {run_dir}")
     train(p.run, resume=run_dir.exists(), progress=progress)
+    return True
 
 
 def _lambda_grid(cfg, g: GridConfig, points: list[Point], markers, evaluate, say: Say) -> None:
@@ -266,48 +309,40 @@ def _point_summary(p: Point, row) -> dict[str, Any]:
     }
 
 
-def _report(cfg: SweepConfig, points: list[Point], store, out: Path, say: Say) -> dict[str, Any]:
-    """The table, CSV and plots of this sweep's points; the summary of every point."""
-    from layra.atomic import atomic_write_bytes, atomic_write_text
-    from layra.evaluation.langs import normalize_lang
-    from layra.evaluation.report import build_tables, to_csv, to_markdown
-    from layra.sweep.plots import lambda_png, tradeoff_png
+def _report_records(points: list[Point], store, markers: _Markers) -> list[dict[str, Any]]:
+    """The records this sweep's points were evaluated into (not older ones in the store)."""
+    keys = [k for p in points for k in markers.current.get(markers.path(p), [])]
+    records = [store.get(k) for k in dict.fromkeys(keys)]
+    return [r for r in records if r is not None and r["kind"] == "bpb"]
 
-    names = {p.name for p in points}
-    records = [r for r in store.records() if r["model"]["name"] in names and r["kind"] == "bpb"]
+
+def _report(
+    cfg: SweepConfig, points: list[Point], store, markers: _Markers, out: Path, say: Say,
+    preface: str = "", timings: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], Any]:  # fmt: skip
+    """The report of this sweep's points (layra.evaluation.writer); the summary, the table."""
+    from layra.evaluation.langs import normalize_lang
+    from layra.evaluation.report import build_tables
+    from layra.evaluation.writer import write_report
+
     new = {None: tuple(normalize_lang(x) for x in cfg.eval.new)}
-    table = build_tables(records, base=cfg.eval.base_name, new=new)[0]
+    table = build_tables(_report_records(points, store, markers), base=cfg.eval.base_name,
+                         new=new)[0]  # fmt: skip
     rows = {r.name: r for r in table.rows}
-    report = out / "report"
-    atomic_write_text(report / "README.md", to_markdown([table]))
-    atomic_write_text(report / "bpb.csv", to_csv(table))
-    firsts = list({p.name: p for p in reversed(points)}.values())[::-1]  # one per row
-    plotted = [
-        {
-            "grid": p.grid,
-            "label": p.name.partition(":")[2],
-            "learning": rows[p.name].learning,
-            "retention": rows[p.name].retention,
-            "x": p.params.get("lambda"),
-        }
-        for p in firsts
-        if p.kind != "base" and p.name in rows
-    ]
-    files = [report / "README.md", report / "bpb.csv", report / "tradeoff.png"]
-    atomic_write_bytes(files[-1], tradeoff_png(plotted, cfg.eval.base_name, "bits/byte"))
-    for g in cfg.grids:
-        pts = [q for q in plotted if q["grid"] == g.name and q["x"] is not None]
-        if g.kind == "lambda" and pts:
-            files.append(report / f"lambda-{g.name}.png")
-            atomic_write_bytes(files[-1], lambda_png(g.name, g.mode or "", pts, "bits/byte"))
+    groups = {p.name: (p.grid, p.params.get("lambda")) for p in points if p.kind != "base"}
+    lambdas = [(g.name, g.mode or "") for g in cfg.grids if g.kind == "lambda"]
+    files = write_report(out / "report", [table], preface=preface, groups=groups,
+                         lambda_grids=lambdas, timings=timings,
+                         extra={"sweep": str(out / "sweep.json")})  # fmt: skip
     say(f"report: {', '.join(str(f) for f in files)}")
-    say(to_markdown([table]))
+    say(files[0].read_text(encoding="utf-8"))  # report.md: the preface and the table
     return {
         "out": str(out),
         "base": cfg.eval.base_name,
         "new": list(new[None]),
         "langs": table.langs,
         "points": [_point_summary(p, rows.get(p.name)) for p in points],
+        "pairs": [vars(x) for x in table.pairs],
         "report": [str(f) for f in files],
         "config": to_dict(cfg),
-    }
+    }, table
