@@ -20,10 +20,10 @@ from layra.memory import (
     ModelShape,
     count_params,
     inventory,
-    load_dtype_for,
     plan_memory,
     scaling_tables,
 )
+from layra.models import load_dtype_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,7 +107,8 @@ def _one_step(model_dir, cfg, load_dtype) -> int:
 
     from layra.loss import LossModule
     from layra.methods import prepare_model
-    from layra.train import _param_groups, upcast_trainable
+    from layra.models import upcast_trainable
+    from layra.train import _param_groups
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, load_dtype))
@@ -141,7 +142,7 @@ def test_plan_state_matches_live_tensors(model_dirs, arch, method):
 
 
 def test_plan_keeps_bf16_checkpoints_frozen_in_bf16(tmp_path):
-    # A bf16 checkpoint trained in bf16: frozen weights stay bf16 (layra.train.frozen_dtype),
+    # A bf16 checkpoint trained in bf16: frozen weights stay bf16 (layra.models.frozen_dtype),
     # trained tensors, their gradients and moments fp32. Planning everything fp32 would
     # overstate the state by about half the frozen bytes.
     model = tiny.make_model("llama", 300).to(torch.bfloat16)
@@ -158,7 +159,7 @@ def test_plan_keeps_bf16_checkpoints_frozen_in_bf16(tmp_path):
 
 
 def test_load_dtype_follows_train(model_dirs):
-    from layra.train import frozen_dtype
+    from layra.models import frozen_dtype
 
     for method in ("full", "lora", "layra", "layer-selective"):
         for prec in ("bf16", "fp32"):

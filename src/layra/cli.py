@@ -1,7 +1,8 @@
 """The ``layra`` command line: a thin layer over the library.
 
 Each subcommand lives in ``layra/commands/<name>.py`` and exposes
-``register(subparsers)``; its handler parses, validates and calls one library
+``register(subparsers)`` (and, if it still accepts an older spelling,
+``legacy_argv(argv)``); its handler parses, validates and calls one library
 function. ``main(argv)`` is callable from tests.
 """
 
@@ -72,10 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status (0 ok, 2 user error, 130 interrupted)."""
-    from layra.commands.lens import legacy_argv
-
     parser = build_parser()
-    argv = legacy_argv(list(sys.argv[1:] if argv is None else argv))
+    argv = _older_spelling(list(sys.argv[1:] if argv is None else argv))
     try:
         args, extra = parser.parse_known_args(argv)
         # KEY=VALUE overrides may come after options (`--merge train.lr=1e-4`); argparse
@@ -120,6 +119,18 @@ def main(argv: list[str] | None = None) -> int:
         if code is None:
             raise
         return code
+
+
+def _older_spelling(argv: list[str]) -> list[str]:
+    """``argv`` in today's spelling: a command module may define ``legacy_argv(argv)`` to
+    rewrite a spelling it used to accept (``layra lens MODEL`` -> ``lens profile MODEL``).
+
+    Asked by name, like ``register``: cli imports no command module itself.
+    """
+    if not argv or argv[0] not in COMMANDS:
+        return argv
+    rewrite = getattr(importlib.import_module(f"layra.commands.{argv[0]}"), "legacy_argv", None)
+    return rewrite(argv) if rewrite else argv
 
 
 def _unforeseen(e: BaseException) -> int | None:

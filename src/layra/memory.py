@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from layra.method_registry import METHOD_SPECS, METHODS, method_spec
+from layra.method_registry import METHOD_SPECS, METHODS
+from layra.models import load_dtype_for, model_config, upcast_trainable
 
 GiB = 2**30
 ROOT = Path(__file__).resolve().parents[2]  # the repository (configs/), in a source checkout
@@ -146,7 +147,7 @@ class Inventory:
     model: str
     method: str
     precision: str  # the compute precision assumed: bf16 or fp32
-    load_dtype: str  # what layra loads weights in (layra.train.frozen_dtype)
+    load_dtype: str  # what layra loads weights in (layra.models.frozen_dtype)
     shape: ModelShape
     tensors: list[TensorInfo]
     config_source: str
@@ -161,25 +162,12 @@ def _read_config(cfg):
 
     from transformers import AutoConfig
 
-    from layra.train import _model_config
-
     name = cfg.model.name_or_path
     if name not in PUBLISHED_CONFIGS or Path(name).exists():
-        return _model_config(cfg), "config.json"
+        return model_config(cfg), "config.json"
 
     fields = dict(PUBLISHED_CONFIGS[name])
     return AutoConfig.for_model(fields.pop("model_type"), **fields), "published config (offline)"
-
-
-def load_dtype_for(method: str, precision: str, stored: Any) -> str:
-    """The dtype layra loads weights in (``layra.train.frozen_dtype`` calls this).
-
-    bf16 only when computing in bf16 from a bf16 checkpoint with frozen weights;
-    fp32 otherwise (``full`` trains everything: fp32 weights are its master copies).
-    """
-    if precision != "bf16" or method_spec(method).trains_everything:
-        return "float32"
-    return "bfloat16" if str(stored).replace("torch.", "") == "bfloat16" else "float32"
 
 
 def inventory(cfg, precision: str = "bf16") -> Inventory:
@@ -196,7 +184,6 @@ def inventory(cfg, precision: str = "bf16") -> Inventory:
 
     from layra.arch import describe, unique_named_parameters, unwrap
     from layra.methods import prepare_model
-    from layra.train import upcast_trainable
 
     mc, source = _read_config(cfg)
     stored = getattr(mc, "dtype", None) or getattr(mc, "torch_dtype", None)

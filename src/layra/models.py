@@ -1,4 +1,5 @@
-"""Load a causal LM and its tokenizer from a local directory, a hub id or a GGUF file.
+"""Load a causal LM and its tokenizer from a local directory, a hub id or a GGUF file;
+and what its config alone says about training it (depth, the dtype to load weights in).
 
 model, tok = load_model("path/to/hf-dir")
 model, tok = load_model("/cache/gemma-3-270m-q4_k_m.gguf")   # dequantised
@@ -9,12 +10,17 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from layra.atomic import atomic_dir
 from layra.errors import LayraError
+from layra.method_registry import method_spec
+
+if TYPE_CHECKING:
+    from layra.config import RunConfig
 
 DTYPES = {
     "float32": torch.float32,
@@ -263,6 +269,72 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "bfloa
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     return out_dir
+
+
+# How a model is held for training, decided from its config alone (no weights read):
+# depth, the dtype its weights load in, fp32 master copies of what trains. Training
+# (layra.train) and `layra plan` (layra.memory) both take these from here, so they agree.
+
+
+def model_depth(cfg: RunConfig) -> int:
+    """Number of decoder layers, from the config alone (no weights loaded)."""
+    return int(model_config(cfg).num_hidden_layers)
+
+
+def frozen_dtype(cfg: RunConfig, precision: str) -> str:
+    """The dtype to load weights in for the resolved ``precision`` (bf16 or fp32).
+
+    Under bf16 autocast every matmul runs in bf16 anyway, so weights that do not
+    train gain nothing from fp32 copies — but cost memory and a cast per use. They
+    are loaded in bf16 only when the checkpoint itself is bf16 (values identical)
+    and the method leaves weights frozen; trainable tensors are then upcast to fp32
+    master copies (:func:`upcast_trainable`). In fp32 (chosen where bf16 matmul is
+    slow) everything is fp32: bf16 frozen weights would be cast on every use.
+    """
+    mc = model_config(cfg)
+    stored = getattr(mc, "dtype", None) or getattr(mc, "torch_dtype", None)
+    return load_dtype_for(cfg.method.name, precision, stored)
+
+
+def load_dtype_for(method: str, precision: str, stored: Any) -> str:
+    """The dtype layra loads weights in (:func:`frozen_dtype` and ``layra plan``).
+
+    bf16 only when computing in bf16 from a bf16 checkpoint with frozen weights;
+    fp32 otherwise (``full`` trains everything: fp32 weights are its master copies).
+    """
+    if precision != "bf16" or method_spec(method).trains_everything:
+        return "float32"
+    return "bfloat16" if str(stored).replace("torch.", "") == "bfloat16" else "float32"
+
+
+def upcast_trainable(model: nn.Module) -> None:
+    """Trainable tensors in fp32 (the optimizer's master weights); frozen ones as loaded."""
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+
+
+def model_config(cfg: RunConfig):
+    """The model's config (its text part for a multimodal model), from config.json or
+    the GGUF header alone: no weights are read. Cached per model reference."""
+    m = cfg.model
+    return _read_model_config(m.name_or_path, m.gguf_file, m.trust_remote_code)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_model_config(name_or_path: str, gguf_file: str | None, trust_remote_code: bool):
+    # Cached: depth and stored dtype are asked for separately, and a hub id or a GGUF
+    # header costs a request or a parse each time.
+    from transformers import AutoConfig
+
+    src, gguf = resolve_source(name_or_path, gguf_file)
+    try:
+        mc = AutoConfig.from_pretrained(src, gguf_file=gguf, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise LayraError(
+            f"cannot read the model config of {name_or_path}: {str(e).splitlines()[0]}"
+        ) from e
+    return getattr(mc, "text_config", None) or mc
 
 
 def _first_line(e: BaseException) -> str:

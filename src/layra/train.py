@@ -11,7 +11,6 @@ the outputs described in docs/formats.md. A killed run resumed with
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import os
@@ -39,6 +38,7 @@ from layra.checkpoint import (
 from layra.config import RunConfig, TrainConfig, to_dict, validate
 from layra.errors import LayraError
 from layra.lock import output_lock
+from layra.models import frozen_dtype, model_depth, upcast_trainable
 from layra.rundir import RunDir, RunRecord
 
 
@@ -73,28 +73,6 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def model_depth(cfg: RunConfig) -> int:
-    """Number of decoder layers, from the config alone (no weights loaded)."""
-    return int(_model_config(cfg).num_hidden_layers)
-
-
-def frozen_dtype(cfg: RunConfig, precision: str) -> str:
-    """The dtype to load weights in for the resolved ``precision`` (bf16 or fp32).
-
-    Under bf16 autocast every matmul runs in bf16 anyway, so weights that do not
-    train gain nothing from fp32 copies — but cost memory and a cast per use. They
-    are loaded in bf16 only when the checkpoint itself is bf16 (values identical)
-    and the method leaves weights frozen; trainable tensors are then upcast to fp32
-    master copies (:func:`upcast_trainable`). In fp32 (chosen where bf16 matmul is
-    slow) everything is fp32: bf16 frozen weights would be cast on every use.
-    """
-    from layra.memory import load_dtype_for  # the one rule; `layra plan` uses it too
-
-    mc = _model_config(cfg)
-    stored = getattr(mc, "dtype", None) or getattr(mc, "torch_dtype", None)
-    return load_dtype_for(cfg.method.name, precision, stored)
-
-
 def _keep_resumed_precision(prec, out: Path):
     """A resumed ``auto`` run keeps the precision it started in (the probe could differ)."""
     import dataclasses
@@ -109,36 +87,6 @@ def _keep_resumed_precision(prec, out: Path):
         why = f"kept from the run being resumed (now auto would pick {prec.name})"
         return dataclasses.replace(prec, name=before, reason=why)
     return prec
-
-
-def upcast_trainable(model: torch.nn.Module) -> None:
-    """Trainable tensors in fp32 (the optimizer's master weights); frozen ones as loaded."""
-    for p in model.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
-
-
-def _model_config(cfg: RunConfig):
-    m = cfg.model
-    return _read_model_config(m.name_or_path, m.gguf_file, m.trust_remote_code)
-
-
-@functools.lru_cache(maxsize=8)
-def _read_model_config(name_or_path: str, gguf_file: str | None, trust_remote_code: bool):
-    # Cached: depth and stored dtype are asked for separately, and a hub id or a GGUF
-    # header costs a request or a parse each time.
-    from transformers import AutoConfig
-
-    from layra.models import resolve_source
-
-    src, gguf = resolve_source(name_or_path, gguf_file)
-    try:
-        mc = AutoConfig.from_pretrained(src, gguf_file=gguf, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise LayraError(
-            f"cannot read the model config of {name_or_path}: {str(e).splitlines()[0]}"
-        ) from e
-    return getattr(mc, "text_config", None) or mc
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float, lr: float) -> list[dict[str, Any]]:

@@ -38,9 +38,12 @@ def _add_bpb(whats) -> None:
         help="bits per byte on held-out text per language (comparable across tokenizers)",
         example="layra eval bpb base+vectors/gl:0.5 --text glg=heldout/gl.txt --store results",
         description=(
-            "Bits per byte = next-token NLL (nats) over the text / (ln 2 x its UTF-8 bytes).\n"
-            "Documents are blank-line separated paragraphs, tokenised one by one, joined with\n"
-            "EOS (never scored) and cut into windows of --seq-len tokens that start with BOS.\n"
+            "Bits per byte = next-token NLL (nats) of the documents' tokens / (ln 2 x their\n"
+            "UTF-8 bytes). Documents: a .txt file's blank-line separated blocks, a .jsonl\n"
+            "file's rows' text. Each document is tokenised and scored on its own, in windows\n"
+            "of BOS (EOS if there is none) + at most --seq-len - 1 of its tokens; a longer\n"
+            "document takes overlapping windows half a window apart, and every token is\n"
+            "scored exactly once. No window holds or is conditioned on another document.\n"
             "See docs/evaluation.md for the exact definition."
         ),
     )
@@ -57,7 +60,9 @@ def _add_bpb(whats) -> None:
         metavar="DIR",
         help="every DIR/LANG.txt and DIR/LANG.jsonl, e.g. a run's heldout/ directory",
     )
-    b.add_argument("--seq-len", type=int, default=512, help="window length in tokens (512)")
+    b.add_argument(
+        "--seq-len", type=int, default=512, help="window length in tokens, BOS included (512)"
+    )
     b.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (8)")
     b.add_argument("--max-bytes", type=int, help="score only the leading documents up to N bytes")
     _common(b)

@@ -70,7 +70,7 @@ def dry_run(cfg) -> int:
 
     from layra.config import to_dict
     from layra.methods import plan_method
-    from layra.train import model_depth
+    from layra.models import model_depth
 
     plan = plan_method(cfg.method, model_depth(cfg))
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip())

@@ -303,7 +303,7 @@ def expand(cfg: SweepConfig) -> list[Point]:
 def check_plans(points: list[Point]) -> None:
     """Each training point's method fits its model's depth (reads configs only, no weights)."""
     from layra.methods import plan_method
-    from layra.train import model_depth
+    from layra.models import model_depth
 
     depths: dict[str, int] = {}
     for p in points:
