@@ -78,7 +78,7 @@ def test_demo_reduced_real_run(tmp_path):
 
 
 def _costs(step_s: float, methods=("full", "lora", "layra")):
-    from layra.demo import Costs
+    from layra.budget import Costs
 
     # layra and lora steps cost half of full's, as measured on Gemma 3 270M.
     steps = {m: step_s if m == "full" else step_s / 2 for m in methods}
@@ -86,7 +86,7 @@ def _costs(step_s: float, methods=("full", "lora", "layra")):
 
 
 def test_fit_budget_scales_tokens_and_bytes_to_the_target():
-    from layra.demo import fit_budget
+    from layra.budget import fit_budget
 
     args = dict(target_s=1200, runs={"full": 1, "lora": 1, "layra": 1}, eval_models=4, texts=5,
                 tokens_per_step=1024)  # fmt: skip
@@ -114,7 +114,7 @@ def test_fit_budget_scales_tokens_and_bytes_to_the_target():
 
 def test_fit_budget_uses_each_methods_own_step_time():
     """Two seeds of a cheap method fit where one costly step time for all would not."""
-    from layra.demo import Costs, fit_budget
+    from layra.budget import Costs, fit_budget
 
     costs = Costs({"lora": 5.0, "full": 20.0}, {"lora": 10.0, "full": 10.0}, 5.0, 1e-4)
     b = fit_budget(16_384, 4_000, target_s=900, costs=costs, runs={"lora": 2, "full": 1},

@@ -25,13 +25,13 @@ Stages (each resumable; a second run reuses what is finished):
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from layra.atomic import atomic_write_text
+from layra.budget import Budget, Costs, budget_line, fit_budget, time_line
 from layra.config import DataConfig, MethodConfig, ModelConfig, RunConfig, SourceConfig, TrainConfig
 from layra.errors import LayraError
 from layra.lock import holds_output_lock
@@ -179,133 +179,21 @@ def run_dir(s: DemoSettings, method: str, seed: int) -> Path:
     return s.workdir / "runs" / method / f"seed={seed}"
 
 
-@dataclass(frozen=True)
-class Costs:
-    """What this machine was measured to take (:func:`calibrate`)."""
-
-    step_s: dict[str, float]  # per method: seconds per optimizer step, the first one not counted
-    overhead_s: dict[str, float]  # per method: a run's wall time besides its steps
-    eval_load_s: float  # loading a model to score it
-    eval_s_per_byte: float  # scoring, per held-out byte
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What the demo trains and scores, and the time it expects that to take."""
-
-    tokens: int  # training tokens per run
-    eval_bytes: int  # held-out bytes scored per text
-    requested_tokens: int
-    requested_eval_bytes: int
-    predicted_s: float  # training + evaluation, setup and calibration excluded
-    target_s: float
-    step_s: dict[str, float] | None  # measured seconds per step, per method
-    note: str
-    predicted_train_s: float = 0.0
-    predicted_eval_s: float = 0.0
-
-
-def fit_budget(
-    tokens: int, eval_bytes: int, *, target_s: float, costs: Costs, runs: dict[str, int],
-    eval_models: int, texts: int, tokens_per_step: int, min_steps: int = 2,
-    min_eval_bytes: int = 1_500, fixed: bool = False,
-) -> Budget:  # fmt: skip
-    """Scale the token budget and held-out bytes down until the predicted time fits.
-
-    Predicted time = for each method, ``runs[method]`` x (its overhead + steps x its step
-    time) for training, plus ``eval_models`` x (load + ``texts`` x bytes x seconds per
-    byte) for evaluation — every cost measured on this machine (:class:`Costs`).
-    Evaluation gets at most 40 % of the target; training the rest. A budget never
-    drops below ``min_steps`` steps or ``min_eval_bytes``; with ``fixed`` nothing is
-    scaled and the prediction is only reported.
-    """
-
-    def eval_s(nbytes: int) -> float:
-        return eval_models * (costs.eval_load_s + texts * nbytes * costs.eval_s_per_byte)
-
-    def train_s(ntok: int) -> float:
-        steps = max(1, ntok // tokens_per_step)
-        return sum(n * (costs.overhead_s[m] + steps * costs.step_s[m]) for m, n in runs.items())
-
-    new_tok, new_bytes, note = tokens, eval_bytes, "fits"
-    if not fixed and train_s(tokens) + eval_s(eval_bytes) > target_s:
-        if eval_s(eval_bytes) > 0.4 * target_s:
-            per_byte = eval_models * texts * costs.eval_s_per_byte
-            room = max(0.0, 0.4 * target_s - eval_models * costs.eval_load_s)
-            fit = int(room / per_byte) if per_byte else eval_bytes
-            new_bytes = max(min_eval_bytes, min(eval_bytes, fit))
-        left = target_s - eval_s(new_bytes) - sum(n * costs.overhead_s[m] for m, n in runs.items())
-        per_step = sum(n * costs.step_s[m] for m, n in runs.items())
-        steps = max(min_steps, math.floor(left / per_step) if left > 0 and per_step else 0)
-        new_tok = min(tokens, steps * tokens_per_step)
-        note = "scaled to fit"
-    predicted = train_s(new_tok) + eval_s(new_bytes)
-    if fixed and predicted > target_s:
-        note = "fixed by --fixed-budget; will not fit"
-    elif predicted > target_s:
-        note = "scaled to the minimum; still over"
-    return Budget(new_tok, new_bytes, tokens, eval_bytes, round(predicted, 1), target_s,
-                  {m: round(x, 3) for m, x in costs.step_s.items()}, note,
-                  round(train_s(new_tok), 1), round(eval_s(new_bytes), 1))  # fmt: skip
-
-
-CALIBRATE_EVAL_BYTES = 3_000  # held-out bytes per text scored to time evaluation
-
-
-def _time_training(s: DemoSettings, model: str, corpus: Path, precision: str, method: str,
-                   out: Path) -> tuple[float, float]:  # fmt: skip
-    """Two real optimizer steps of ``method``: (seconds of the second step, run overhead).
-
-    The first step pays one-off set-up (kernels, allocator), so only the second is
-    counted; the overhead is the run's wall time besides its steps (loading, data,
-    writing the outputs), which every run of the method pays again.
-    """
-    from layra.train import train
-
-    cfg = run_config(s, model, corpus, method, precision=precision, out=out)
-    cfg.train.max_steps, cfg.train.save_every, cfg.train.trackers = 2, 0, "none"
-    cfg.train.log_every = 1
-    t = time.perf_counter()
-    train(cfg, overwrite=True, progress=False)
-    wall = time.perf_counter() - t
-    log = RunDir(out).read_log()
-    first, second = log[0]["elapsed_s"], log[-1]["elapsed_s"]
-    return second - first, max(0.0, wall - second)
-
-
-def _time_scoring(
-    s: DemoSettings, model: str, texts, precision: str, out: Path
-) -> tuple[float, float]:
-    """(seconds to load the model, seconds per held-out byte scored) on a short slice."""
-    from layra.evaluation.bpb import load_text
-    from layra.evaluation.modelspec import load_spec
-    from layra.evaluation.run import run_bpb
-
-    nbytes = min(s.eval_bytes, CALIBRATE_EVAL_BYTES)
-    t = time.perf_counter()
-    loaded = load_spec(model, dtype=precision)
-    load_s = time.perf_counter() - t
-    t = time.perf_counter()
-    run_bpb(model, texts, out / "results", name="calibrate", seq_len=s.seq_len,
-            batch_size=s.batch_size, dtype=precision, max_bytes=nbytes, progress=False,
-            say=lambda m: None, loaded=loaded)  # fmt: skip
-    score_s = time.perf_counter() - t
-    scored = sum(load_text(lang, path, nbytes).n_bytes for lang, path in texts)
-    return load_s, score_s / max(1, scored)
-
-
 def calibrate(s: DemoSettings, model: str, corpus: Path, precision: str, texts) -> Costs:
     """Time each method's training steps and the scoring of held-out text on this machine."""
+    from layra.budget import time_scoring, time_steps
+
     out = s.workdir / ".calibrate"
     step_s, overhead_s = {}, {}
     try:
         for method in s.methods:
             _say(f"      timing two steps of {method} to size the budget for this machine")
-            step_s[method], overhead_s[method] = _time_training(
-                s, model, corpus, precision, method, out / method
-            )
+            cfg = run_config(s, model, corpus, method, precision=precision)
+            step_s[method], overhead_s[method] = time_steps(cfg, out / method)
         _say("      timing the scoring of held-out text")
-        load_s, per_byte = _time_scoring(s, model, texts, precision, out)
+        load_s, per_byte = time_scoring(model, texts, out, seq_len=s.seq_len,
+                                        batch_size=s.batch_size, precision=precision,
+                                        max_bytes=s.eval_bytes)  # fmt: skip
     finally:
         shutil.rmtree(out, ignore_errors=True)
     return Costs(step_s, overhead_s, load_s, per_byte)
@@ -409,7 +297,7 @@ def run_demo(s: DemoSettings) -> dict:
     budget = plan_budget(s, model, corpus, prec.name, texts, len(todo))
     s.timings["calibrate_s"] = round(time.perf_counter() - t, 2)
     s.timings["predicted_s"] = budget.predicted_s
-    _say(_budget_line(budget))
+    _say(budget_line(budget, " (--fixed-budget keeps them)"))
     clock = _Clock(budget.predicted_s)
     _say(clock.line("[4/4] sweep: train, evaluate, report"))
 
@@ -423,34 +311,6 @@ def run_demo(s: DemoSettings) -> dict:
     files = {Path(f).name: Path(f) for f in summary["report"]}
     return {"summary": summary, "tables": [summary["table"]], "files": files,
             "timings": dict(s.timings), "budget": budget, "precision": prec}  # fmt: skip
-
-
-def _budget_line(b: Budget) -> str:
-    if b.note in ("nothing to train", "fixed by --fixed-budget") and not b.predicted_s:
-        return f"budget: {b.tokens:,} training tokens per run, {b.eval_bytes:,} held-out bytes per text ({b.note})"
-    steps = ", ".join(f"{m} {x:.2f}" for m, x in (b.step_s or {}).items())
-    what = (f"budget: {b.tokens:,} training tokens per run, {b.eval_bytes:,} held-out bytes per "
-            f"text; predicted {b.predicted_s / 60:.1f} min for training + evaluation "
-            f"(target {b.target_s / 60:.1f}; seconds per step measured: {steps})")  # fmt: skip
-    if (b.tokens, b.eval_bytes) != (b.requested_tokens, b.requested_eval_bytes):
-        what += (f" — the default {b.requested_tokens:,} tokens / {b.requested_eval_bytes:,} bytes "
-                 "would not fit this machine, so they were scaled down (--fixed-budget keeps them)")  # fmt: skip
-    elif b.note != "fits":
-        what += f" ({b.note})"
-    return what
-
-
-def time_line(budget: Budget, timings: dict, fresh: int, runs: int) -> str:
-    """Predicted against measured training + evaluation, or why they cannot be compared."""
-    actual = timings.get("train_eval_s", 0.0)
-    head = f"- time: {actual / 60:.1f} min of training + evaluation"
-    if fresh < runs or not budget.predicted_s:
-        why = "runs reused from before" if fresh < runs else budget.note
-        return head + f" ({why}: no prediction to compare)"
-    off = (actual - budget.predicted_s) / budget.predicted_s
-    return head + (f", predicted {budget.predicted_s / 60:.1f} ({off:+.0%}; training "
-                   f"{budget.predicted_train_s / 60:.1f} + evaluation "
-                   f"{budget.predicted_eval_s / 60:.1f} predicted)")  # fmt: skip
 
 
 def describe(
@@ -491,7 +351,7 @@ def describe(
         + (prec.line() if prec else f"precision {s.precision}"),
         "- scale: tiny next to the paper's 1.2B tokens on an 8B model — read the signs and the ordering, "
         "not the sizes",
-        time_line(b, timings, fresh, len(s.methods) * s.seeds),
+        time_line(b, timings, fresh >= len(s.methods) * s.seeds),
         f"- wall time: {timings.get('total_s', 0) / 60:.1f} min in all "
         f"({timings.get('setup_s', 0) / 60:.1f} setup, {timings.get('calibrate_s', 0) / 60:.1f} "
         "timing this machine)",
