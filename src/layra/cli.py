@@ -31,6 +31,7 @@ COMMANDS = (
     "lens",
     "diagnose",
     "sweep",
+    "choose",
 )
 
 EPILOG = """examples:

@@ -301,7 +301,7 @@ def run_demo(s: DemoSettings) -> dict:
     clock = _Clock(budget.predicted_s)
     _say(clock.line("[4/4] sweep: train, evaluate, report"))
 
-    def preface(timings: dict) -> str:
+    def preface(timings: dict, records: list) -> str:
         timings["total_s"] = round(time.perf_counter() - t_all, 2)
         return describe(s, corpus, model, budget, prec, timings, fresh=len(todo))
 

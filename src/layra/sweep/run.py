@@ -126,7 +126,8 @@ def _write_how_made(cfg: SweepConfig, out: Path) -> None:
 @holds_output_lock("cfg.out", "sweep output {}", subdirs=("results",))
 def run_sweep(
     cfg: SweepConfig, progress: bool = True, say: Say | None = None,
-    preface: str | Callable[[dict[str, Any]], str] = "", timings: dict[str, Any] | None = None,
+    preface: str | Callable[[dict[str, Any], list[dict[str, Any]]], str] = "",
+    timings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Train, evaluate and report every point of ``cfg`` (skipping finished ones).
 
@@ -137,8 +138,8 @@ def run_sweep(
     ``timings`` (a dict the caller may pre-fill) gets the seconds each point's training
     (``train_s``) and evaluation (``eval_s``) took in this call — reused work is not
     timed — and ``train_eval_s``, the whole; it is written to ``OUT/report/timings.json``.
-    ``preface``: Markdown put before the report's tables, or a function of the timings
-    that returns it (called once everything is measured).
+    ``preface``: Markdown put before the report's tables, or a function of the timings and
+    the report's records that returns it (called once everything is measured).
     """
     from layra.atomic import atomic_write_json
     from layra.evaluation.langs import normalize_lang
@@ -165,8 +166,9 @@ def run_sweep(
     t_work = time.perf_counter()
     _run_points(cfg, points, texts, store, markers, progress, say, timings)
     timings["train_eval_s"] = round(time.perf_counter() - t_work, 2)
-    text = preface(timings) if callable(preface) else preface
-    summary, table = _report(cfg, points, store, markers, out, say, text, timings)
+    records = _report_records(points, store, markers)
+    text = preface(timings, records) if callable(preface) else preface
+    summary, table = _report(cfg, points, records, out, say, text, timings)
     summary["timings"] = timings
     summary["provenance"] = provenance()
     atomic_write_json(out / "sweep.json", summary)
@@ -317,7 +319,7 @@ def _report_records(points: list[Point], store, markers: _Markers) -> list[dict[
 
 
 def _report(
-    cfg: SweepConfig, points: list[Point], store, markers: _Markers, out: Path, say: Say,
+    cfg: SweepConfig, points: list[Point], records: list[dict[str, Any]], out: Path, say: Say,
     preface: str = "", timings: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], Any]:  # fmt: skip
     """The report of this sweep's points (layra.evaluation.writer); the summary, the table."""
@@ -326,8 +328,7 @@ def _report(
     from layra.evaluation.writer import write_report
 
     new = {None: tuple(normalize_lang(x) for x in cfg.eval.new)}
-    table = build_tables(_report_records(points, store, markers), base=cfg.eval.base_name,
-                         new=new)[0]  # fmt: skip
+    table = build_tables(records, base=cfg.eval.base_name, new=new)[0]
     rows = {r.name: r for r in table.rows}
     groups = {p.name: (p.grid, p.params.get("lambda")) for p in points if p.kind != "base"}
     lambdas = [(g.name, g.mode or "") for g in cfg.grids if g.kind == "lambda"]
