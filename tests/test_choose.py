@@ -117,7 +117,8 @@ def test_choose_end_to_end_on_a_tiny_model(tmp_path, model_dirs, corpus_dir, cap
     rec = yaml.safe_load((choose / "recommended.yaml").read_text())
     assert rec["method"] == {**{k: rec["method"][k] for k in ("r", "alpha", "dropout")},
                              **json.loads((choose / "choice.json").read_text())["method"]}  # fmt: skip
-    assert rec["data"]["max_tokens"] == 256  # the requested budget, not the fitted one
+    user = yaml.safe_load((tmp_path / "run.yaml").read_text())
+    assert rec["data"] == user["data"] and rec["train"] == user["train"]  # the user's own run
     report = (choose / "report" / "report.md").read_text()
     assert "**Recommendation: " in report and "Retention − lora (wes)" in report
     assert "The lens suggested k=2, m=1" in report

@@ -57,6 +57,7 @@ class ChooseConfig:
     lr_scales: list[float] = field(default_factory=lambda: [0.3, 0.1])  # lowlr candidates
     frozen: bool = True  # a candidate with frozen embeddings and head
     lens: list[int] | None = None  # [k, m] instead of computing the lens on the texts
+    precision: str = "auto"  # every candidate's train.precision (auto: bf16 only where fast)
     eval_seq_len: int = 256
     eval_batch_size: int = 4
 
@@ -95,6 +96,8 @@ def validate_choose(cfg: ChooseConfig) -> None:
         require(getattr(cfg, key) > 0, f"{key} must be positive, got {getattr(cfg, key)}")
     require(all(0 < x < 1 for x in cfg.lr_scales), f"lr_scales must be in (0, 1): {cfg.lr_scales}")
     require(cfg.lens is None or len(cfg.lens) == 2, f"lens must be [k, m], got {cfg.lens}")
+    require(cfg.precision in ("auto", "bf16", "fp32"), f"precision: auto, bf16 or fp32, got "
+            f"{cfg.precision!r}")  # fmt: skip
     base = user_run(cfg)
     require(base.method.name in ("layra", "lora"), "run: method.name must be layra or lora")
 
@@ -212,13 +215,14 @@ def select(verdicts: list[Verdict], baseline: Verdict) -> tuple[str, str]:
     )
 
 
-def write_recommendation(out: Path, base: RunConfig, method: dict, tokens: int) -> Path:
-    """``OUT/recommended.yaml``: the user's run config with the chosen method, ready to train."""
+def write_recommendation(out: Path, base: RunConfig, method: dict) -> Path:
+    """``OUT/recommended.yaml``: the user's run config (its own token budget and precision)
+    with the chosen method, ready to train."""
     import yaml
 
     from layra.atomic import atomic_write_text
 
-    run = candidate_run(base, method, tokens)
+    run = candidate_run(base, method)
     run["output_dir"] = base.output_dir
     path = out / "recommended.yaml"
     text = "# written by `layra choose` (choice.json says why); train it with\n"

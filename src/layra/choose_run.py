@@ -208,7 +208,7 @@ def run_choose(cfg: ChooseConfig, progress: bool = True, say=_say) -> dict[str, 
     base = user_run(cfg)
     out = Path(cfg.out)
     check_writable(out)
-    prec = resolve_precision(base.train.precision, base.train.device)
+    prec = resolve_precision(cfg.precision, base.train.device)
     with output_lock(out, f"choose output {out}"):
         out.mkdir(parents=True, exist_ok=True)
         announce(prec, say)
@@ -242,7 +242,7 @@ def decide(cfg, base, cands, records, out: Path, lens_km, why: str) -> dict[str,
     """Verdicts, the choice, ``recommended.yaml`` and ``choice.json``."""
     table, per_source, vs = verdicts(cfg, records, list(cands))
     chosen, reason = select([v for n, v in vs.items() if n != BASELINE], vs[BASELINE])
-    rec = write_recommendation(out, base, cands[chosen], cfg.tokens)
+    rec = write_recommendation(out, base, cands[chosen])
     body = {"chosen": chosen, "reason": reason, "method": cands[chosen],
             "recommended": str(rec), "lens": {"k": lens_km[0], "m": lens_km[1], "why": why},
             "verdicts": {n: {**vars(v), "beats_baseline": v.beats_baseline}
