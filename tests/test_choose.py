@@ -98,6 +98,8 @@ def test_choose_refuses_one_retention_source_and_one_seed(tmp_path, model_dirs, 
         load_choose(path, ["old.2.source=help", "old.3.source=help"])
     with pytest.raises(LayraError, match="seeds: at least two"):
         load_choose(path, ["seeds=[0]"])
+    with pytest.raises(LayraError, match="run .*train.lr"):
+        load_choose(path, ["run_set={train.lr: -1}"])
     assert not (tmp_path / "choose").exists()
 
 

@@ -45,6 +45,7 @@ class ChooseText:
 @dataclass
 class ChooseConfig:
     run: str = ""  # the user's `layra train` YAML (model, data, train settings)
+    run_set: dict[str, Any] = field(default_factory=dict)  # dotted run keys -> values over it
     out: str = ""
     new: list[ChooseText] = field(default_factory=list)  # held-out new-language text
     old: list[ChooseText] = field(default_factory=list)  # held-out old-language text
@@ -113,7 +114,9 @@ def label(t: ChooseText) -> str:
 def user_run(cfg: ChooseConfig) -> RunConfig:
     """The user's run config, validated (its method settings are replaced per candidate)."""
     try:
-        run = from_dict(RunConfig, read_yaml(cfg.run))
+        data = read_yaml(cfg.run)
+        apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in cfg.run_set.items()])
+        run = from_dict(RunConfig, data)
         validate(run)
     except LayraError as e:
         raise LayraError(f"run {cfg.run}: {e}") from None
