@@ -151,7 +151,9 @@ def candidates(cfg: ChooseConfig, depth: int, lens_km: tuple[int, int]) -> dict[
 def candidate_run(base: RunConfig, method: dict, tokens: int | None = None) -> dict:
     """The user's run config as a dict with a candidate's method settings (and token budget)."""
     run = to_dict(base)
-    keep = {k: v for k, v in run["method"].items() if k in ("r", "alpha", "dropout", "target_modules")}
+    keep = {
+        k: v for k, v in run["method"].items() if k in ("r", "alpha", "dropout", "target_modules")
+    }
     run["method"] = {**keep, **method}
     if tokens is not None:
         run["data"]["max_tokens"] = tokens
