@@ -55,7 +55,8 @@ def words(text: str) -> list[str]:
 @functools.cache
 def _word_chars() -> np.ndarray:
     """For every code point, whether ``_WORD`` counts it as a word character (1.1 MB, once)."""
-    every = "".join(map(chr, range(sys.maxunicode + 1)))
+    codes = np.arange(sys.maxunicode + 1, dtype=np.uint32).tobytes()
+    every = codes.decode("utf-32-le", "surrogatepass")  # all code points, in order
     table = np.zeros(len(every), bool)
     for m in _WORD.finditer(every):
         table[m.start() : m.end()] = True
@@ -135,27 +136,38 @@ def _word_grams(w: list[str], n: int) -> set[tuple[str, ...]]:
 
 
 _P = 0x9E3779B97F4A7C15  # odd: invertible modulo 2**64
-_POWERS: list[np.ndarray] = []  # [P**i, P**-i] for i < some length, grown as needed
+_Q = 0xC2B2AE3D27D4EB4F  # combines the words of an n-gram
+_POWERS: list[np.ndarray] = []  # P**i and P**-i for i < 2**16, made once
 
 
 def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
-    if not _POWERS or len(_POWERS[0]) < n:
-        n = max(n, 2 * len(_POWERS[0]) if _POWERS else 1 << 16)
-        _POWERS[:] = []
+    if n > 1 << 16 or not _POWERS:
+        out = []
         for p in (_P, pow(_P, -1, 1 << 64)):
-            a = np.full(n, p, np.uint64)
+            a = np.full(max(n, 1 << 16), p, np.uint64)
             a[0] = 1
-            _POWERS.append(np.cumprod(a, dtype=np.uint64))
+            out.append(np.cumprod(a, dtype=np.uint64))
+        if n > 1 << 16:  # a word this long is rare: not kept
+            return out[0], out[1]
+        _POWERS[:] = out
     return _POWERS[0], _POWERS[1]
 
 
-def _span_hashes(data: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """A polynomial hash (modulo 2**64) of each ``data[start:end]``: the same for the same
-    bytes wherever they are (prefix sums, then shifted back by the start)."""
-    pw, inv = _powers(len(data) + 1)
-    prefix = np.zeros(len(data) + 1, np.uint64)
-    np.cumsum(data * pw[: len(data)], out=prefix[1:])
-    return (prefix[end] - prefix[start]) * inv[start]
+def _word_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """A polynomial hash (modulo 2**64) of each word ``data[start:end]``, the same for the
+    same bytes wherever they are: prefix sums over the words starting in each 32 KiB."""
+    out = np.empty(len(starts), np.uint64)
+    cuts = np.searchsorted(starts, np.arange(0, len(data) + (1 << 15), 1 << 15))
+    for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+        if a == b:
+            continue
+        s, e = starts[a:b], ends[a:b]
+        part = data[s[0] : e[-1]]
+        pw, inv = _powers(len(part) + 1)
+        prefix = np.zeros(len(part) + 1, np.uint64)
+        np.cumsum(part * pw[: len(part)], out=prefix[1:])
+        out[a:b] = (prefix[e - s[0]] - prefix[s - s[0]]) * inv[s - s[0]]
+    return out
 
 
 def _windows(texts: Sequence[bytes], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -166,13 +178,17 @@ def _windows(texts: Sequence[bytes], n: int) -> tuple[np.ndarray, np.ndarray, np
     word = ~blank
     starts = np.flatnonzero(word & np.concatenate(([True], blank[:-1])))
     ends = np.flatnonzero(word & np.concatenate((blank[1:], [True]))) + 1
-    nw = np.bincount(np.cumsum(data == 10)[starts], minlength=len(texts))
+    nw = np.bincount(np.searchsorted(np.flatnonzero(data == 10), starts), minlength=len(texts))
     count = np.where(nw > 0, np.maximum(nw - n + 1, 1), 0)  # a short text is one n-gram
     text = np.repeat(np.arange(len(texts)), count)
     first = np.cumsum(nw) - nw  # each text's first word
     w0 = first[text] + np.arange(len(text)) - np.repeat(np.cumsum(count) - count, count)
-    w1 = np.minimum(w0 + n - 1, first[text] + nw[text] - 1)
-    return _span_hashes(data, starts[w0], ends[w1]), text, count
+    last = first[text] + nw[text] - 1
+    wh = _word_hashes(data, starts, ends)
+    h = wh[w0]
+    for i in range(1, n):  # the next word, if the n-gram (a short text's) has one
+        h = np.where(w0 + i <= last, h * np.uint64(_Q) + wh[np.minimum(w0 + i, last)], h)
+    return h, text, count
 
 
 class NearDupIndex:
@@ -251,7 +267,7 @@ class NearDupIndex:
         if not self.index:
             return np.zeros(0, np.int64)
         if self._post is None:
-            self._post = _Postings(self.sets, self.threshold)
+            self._post = _Postings(self.sets, self.threshold, self.n)
         post, t = self._post, self.threshold
         h, text, windows = _windows(texts, self.n)
         b = post.bucket(h)
@@ -283,12 +299,10 @@ class _Postings:
     """The held-out side of :meth:`NearDupIndex.possible`: which held-out texts hold an
     n-gram of each hash bucket, as arrays."""
 
-    def __init__(self, sets: list[set[tuple[str, ...]]], threshold: float):
+    def __init__(self, sets: list[set[tuple[str, ...]]], threshold: float, n: int):
         grams = [" ".join(g).encode() for s in sets for g in s]
         xs = np.repeat(np.arange(len(sets)), [len(s) for s in sets])
-        lens = np.fromiter(map(len, grams), np.int64, len(grams))
-        ends = np.cumsum(lens + 1) - 1
-        h = _span_hashes(np.frombuffer(b"\n".join(grams), np.uint8), ends - lens, ends)
+        h = _windows(grams, n)[0]  # one window each, hashed as within a training text
         self.bits = max(1, min(MAX_BUCKET_BITS, max(8, len(grams).bit_length() + 2)))
         bucket = self.bucket(h)
         df = np.bincount(bucket, minlength=1 << self.bits)
@@ -311,23 +325,18 @@ class _Postings:
 
     def pairs(self, x, y, fy, windows, threshold: float) -> tuple[np.ndarray, ...]:
         """(training text, held-out text, bound of their intersection) for the pairs whose
-        bound reaches ``threshold * |x|``, from the hits (``y`` nondecreasing, ``x``);
-        pairs are counted in slices of at most 2**20."""
-        nx, out = len(self.size), []
-        step = max(1, (1 << 20) // nx)
-        for a in range(0, len(windows), step):
-            lo, hi = np.searchsorted(y, [a, a + step])
-            c = np.bincount((y[lo:hi] - a) * nx + x[lo:hi], minlength=step * nx)
-            pair = np.flatnonzero(c)
-            py, px = pair // nx + a, pair % nx
-            # Frequent n-grams are not listed under a text that is not heavy: at most
-            # min(those of y, those of x) of them are shared.
-            bound = c[pair] + np.where(self.heavy[px], 0, np.minimum(fy[py], self.fx[px]))
-            ok = (bound >= self.need[px]) & (threshold * self.size[px] <= windows[py] + 1e-9)
-            out.append((py[ok], px[ok], bound[ok]))
-        if not out:
-            return (np.zeros(0, np.int64),) * 3
-        return tuple(np.concatenate(c) for c in zip(*out, strict=True))
+        bound reaches ``threshold * |x|``, from the hits (``y``, ``x``)."""
+        nx = len(self.size)
+        dt = np.int32 if len(windows) * nx < 1 << 31 else np.int64  # int32 sorts faster
+        key = np.sort(y.astype(dt) * dt(nx) + x.astype(dt), kind="stable")
+        first = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+        c = np.diff(np.append(first, len(key)))
+        py, px = np.divmod(key[first].astype(np.int64), nx)
+        # Frequent n-grams are not listed under a text that is not heavy: at most
+        # min(those of y, those of x) of them are shared.
+        bound = c + np.where(self.heavy[px], 0, np.minimum(fy[py], self.fx[px]))
+        ok = (bound >= self.need[px]) & (threshold * self.size[px] <= windows[py] + 1e-9)
+        return py[ok], px[ok], bound[ok]
 
 
 def _distinct(h: np.ndarray, count: np.ndarray, docs: np.ndarray) -> np.ndarray:

@@ -96,8 +96,6 @@ def held_keys(docs: list[str], fraction: float) -> tuple[list[bool], list[bytes]
     from layra.data import key_is_heldout
     from layra.neardup import joined_words
 
-    if fraction <= 0:
-        return [False] * len(docs), [b""] * len(docs)
     keys = joined_words(docs)
     out = [
         key_is_heldout(k or " ".join(d.casefold().split()), fraction)  # normal_key's fallback
@@ -126,12 +124,13 @@ def index_piece(task: tuple) -> tuple[np.ndarray, np.ndarray, list[str], bytes, 
             ) from None
         if doc:
             spans.append((s, e))
-            docs.append(doc)
-    out, keys = held_keys(docs, fraction)
+            if fraction > 0:  # needed for their words, and the held-out ones
+                docs.append(doc)
+    out, keys = held_keys(docs, fraction) if docs else ([False] * len(spans), [b""] * len(spans))
     train = [i for i, o in enumerate(out) if not o]
     se = np.array(spans, np.int64).reshape(-1, 2)[train] + base
     klens = np.fromiter((len(keys[i]) for i in train), np.int64, len(train))
-    held = [d for d, o in zip(docs, out, strict=True) if o]
+    held = [docs[i] for i, o in enumerate(out) if o]
     return se[:, 0].copy(), se[:, 1].copy(), held, b"".join(keys[i] for i in train), klens
 
 
