@@ -72,7 +72,12 @@ def test_batch_matches_are_exact(monkeypatch, frequent, bucket_bits):
     assert set(found) == {h for m in want.values() for h in m}
 
 
-def test_batch_matches_without_index():
+def test_batch_matches_edge_cases():
     index = NearDupIndex(["", "!!"])  # no held-out text has a word
     assert list(index.matches_texts([b"a b c", b""])) == []
     assert len(index.possible([b"a b c"])) == 0
+    index = NearDupIndex(["a b c d", "x y"])
+    assert len(index.possible([])) == 0
+    assert len(index.possible([b"", b"q r s"])) == 0  # nothing in common
+    got = list(index.matches_texts([b"", b"a b c d", b"x y", b"x", b"a b c"]))
+    assert got == [(1, {0: 1.0}), (2, {1: 1.0}), (4, {0: 0.5})]

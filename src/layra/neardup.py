@@ -18,6 +18,14 @@ little with the held-out side is dismissed without a sort; no index of the train
 side is built. Measured: 10^5 training paragraphs of 50 words against 10^4 held-out
 ones, 4 s on one core of a loaded 2-core machine (13 s under heavier load), about half
 of it making the n-grams.
+
+Data preparation checks a batch of training texts at once (:meth:`NearDupIndex.
+matches_texts`): their words come joined by spaces (:func:`joined_words`, which finds
+them for a batch with arrays), :meth:`NearDupIndex.possible` screens the batch with
+hashed n-grams and bounds that can only err towards keeping a text, and only the texts
+it keeps go through the exact check above -- the same answer, about 4 times cheaper
+(a 10M-token Galician text against 983 held-out texts: 86 of 16,384 kept, 76 with a
+match).
 """
 
 from __future__ import annotations
@@ -180,15 +188,20 @@ def _windows(texts: Sequence[bytes], n: int) -> tuple[np.ndarray, np.ndarray, np
     ends = np.flatnonzero(word & np.concatenate((blank[1:], [True]))) + 1
     nw = np.bincount(np.searchsorted(np.flatnonzero(data == 10), starts), minlength=len(texts))
     count = np.where(nw > 0, np.maximum(nw - n + 1, 1), 0)  # a short text is one n-gram
-    text = np.repeat(np.arange(len(texts)), count)
     first = np.cumsum(nw) - nw  # each text's first word
-    w0 = first[text] + np.arange(len(text)) - np.repeat(np.cumsum(count) - count, count)
-    last = first[text] + nw[text] - 1
+    before = np.cumsum(count) - count  # each text's first n-gram
+    w0 = np.repeat(first - before, count) + np.arange(int(count.sum()))  # an n-gram's first word
     wh = _word_hashes(data, starts, ends)
     h = wh[w0]
-    for i in range(1, n):  # the next word, if the n-gram (a short text's) has one
-        h = np.where(w0 + i <= last, h * np.uint64(_Q) + wh[np.minimum(w0 + i, last)], h)
-    return h, text, count
+    for i in range(1, n):  # right for all but short texts' n-grams (which read on)
+        h = h * np.uint64(_Q) + wh[np.minimum(w0 + i, len(wh) - 1)]
+    short = np.flatnonzero((nw > 0) & (nw < n))
+    hs = wh[first[short]]
+    for i in range(1, n):
+        more = wh[np.minimum(first[short] + i, len(wh) - 1)]
+        hs = np.where(i < nw[short], hs * np.uint64(_Q) + more, hs)
+    h[before[short]] = hs
+    return h, np.repeat(np.arange(len(texts)), count), count
 
 
 class NearDupIndex:
@@ -329,7 +342,7 @@ class _Postings:
         nx = len(self.size)
         dt = np.int32 if len(windows) * nx < 1 << 31 else np.int64  # int32 sorts faster
         key = np.sort(y.astype(dt) * dt(nx) + x.astype(dt), kind="stable")
-        first = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+        first = np.flatnonzero(np.concatenate(([len(key) > 0], key[1:] != key[:-1])))
         c = np.diff(np.append(first, len(key)))
         py, px = np.divmod(key[first].astype(np.int64), nx)
         # Frequent n-grams are not listed under a text that is not heavy: at most
