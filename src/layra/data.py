@@ -164,9 +164,10 @@ def is_heldout(text: str, fraction: float) -> bool:
     return fraction > 0 and key_is_heldout(normal_key(text), fraction)
 
 
-def key_is_heldout(key: str, fraction: float) -> bool:
-    """:func:`is_heldout` for a document whose ``normal_key`` is ``key``."""
-    h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
+def key_is_heldout(key: str | bytes, fraction: float) -> bool:
+    """:func:`is_heldout` for a document whose ``normal_key`` is ``key`` (or its UTF-8)."""
+    b = key.encode("utf-8") if isinstance(key, str) else key
+    h = int.from_bytes(hashlib.sha256(b).digest()[:8], "big")
     return h / 2**64 < fraction
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -92,13 +91,25 @@ def words_key(doc: str, fraction: float) -> tuple[bool, bytes]:
     return key_is_heldout(key, fraction), joined.encode("utf-8")
 
 
+def held_keys(docs: list[str], fraction: float) -> tuple[list[bool], list[bytes]]:
+    """:func:`words_key` of each of ``docs``, their words found for all at once."""
+    from layra.data import key_is_heldout
+    from layra.neardup import joined_words
+
+    keys = joined_words(docs)
+    out = [
+        key_is_heldout(k or " ".join(d.casefold().split()), fraction)  # normal_key's fallback
+        for d, k in zip(docs, keys, strict=True)
+    ]
+    return out, keys
+
+
 def index_piece(task: tuple) -> tuple[np.ndarray, np.ndarray, list[str], bytes, np.ndarray]:
     """Pass 1 on one piece of a .txt file: spans of training documents, held-out documents,
     the training documents' words (joined) and the length of each."""
     path, base, end, fraction = task
     data = read_span(path, base, end)
-    starts, ends, held = array("q"), array("q"), []
-    keys, klens = [], array("q")
+    spans, docs = [], []
     for s, e in block_spans(data):
         if e - s > MAX_DOCUMENT_BYTES:
             raise LayraError(
@@ -111,18 +122,16 @@ def index_piece(task: tuple) -> tuple[np.ndarray, np.ndarray, list[str], bytes, 
             raise LayraError(
                 f"{path}: not valid UTF-8 (byte {base + s + err.start}); convert it to UTF-8 first"
             ) from None
-        if not doc:
-            continue
-        out, key = words_key(doc, fraction)
-        if out:
-            held.append(doc)
-        else:
-            starts.append(base + s)
-            ends.append(base + e)
-            keys.append(key)
-            klens.append(len(key))
-    st, en = np.frombuffer(starts, np.int64), np.frombuffer(ends, np.int64)
-    return st, en, held, b"".join(keys), np.frombuffer(klens, np.int64)
+        if doc:
+            spans.append((s, e))
+            if fraction > 0:  # needed for their words, and the held-out ones
+                docs.append(doc)
+    out, keys = held_keys(docs, fraction) if docs else ([False] * len(spans), [b""] * len(spans))
+    train = [i for i, o in enumerate(out) if not o]
+    se = np.array(spans, np.int64).reshape(-1, 2)[train] + base
+    klens = np.fromiter((len(keys[i]) for i in train), np.int64, len(train))
+    held = [docs[i] for i, o in enumerate(out) if o]
+    return se[:, 0].copy(), se[:, 1].copy(), held, b"".join(keys[i] for i in train), klens
 
 
 def task_texts(task: tuple) -> list[str]:
@@ -137,19 +146,16 @@ def task_texts(task: tuple) -> list[str]:
     return out
 
 
-def task_words(task: tuple, texts: list[str]) -> list[list[str]]:
-    """The words of a task's documents: read back from pass 1 when it kept them."""
-    from layra.neardup import words
+def task_keys(task: tuple, texts: list[str] | None = None) -> list[bytes]:
+    """The words of a task's documents, joined by spaces (UTF-8): read back from pass 1
+    when it kept them, else found in ``texts`` (read here when not given)."""
+    from layra.neardup import joined_words
 
     kind, payload = task
     if kind == "spans" and payload[5] is not None:
         path, kst, ken = payload[5]
-        out = []
-        for s, e in zip(kst, ken, strict=True):
-            joined = read_span(path, s, e).decode("utf-8") if e > s else ""
-            out.append(joined.split(" ") if joined else [])
-        return out
-    return [words(t) for t in texts]
+        return [read_span(path, s, e) if e > s else b"" for s, e in zip(kst, ken, strict=True)]
+    return joined_words(task_texts(task) if texts is None else texts)
 
 
 def read_candidates(paths, start: int = 0, stop: int | None = None) -> list[str]:
@@ -192,8 +198,8 @@ def tokenize_task(task: tuple) -> tuple[np.ndarray, np.ndarray, list[tuple[int, 
     pairs = []
     if cands:
         index = near_index(cands)
-        for i, w in enumerate(task_words(inner, texts)):
-            pairs += [(i, cands[1] + h) for h in index.matches_words(w)]
+        for i, found in index.matches_texts(task_keys(inner, texts)):
+            pairs += [(i, cands[1] + h) for h in found]
     return out, lens, pairs
 
 
@@ -203,8 +209,8 @@ def near_task(task: tuple) -> list[int]:
     cands, inner = task
     index = near_index(cands)
     found: dict[int, float] = {}
-    for w in task_words(inner, task_texts(inner)):
-        found.update(index.matches_words(w, skip=found))
+    for _, got in index.matches_texts(task_keys(inner), skip=found):
+        found.update(got)
     return sorted(cands[1] + h for h in found)
 
 
