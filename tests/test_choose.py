@@ -117,7 +117,7 @@ def test_choose_end_to_end_on_a_tiny_model(tmp_path, model_dirs, corpus_dir, cap
             assert set(v.vs_retention) == {"help", "wes"} and v.vs_learning_ci is not None
     choose = tmp_path / "choose"
     rec = yaml.safe_load((choose / "recommended.yaml").read_text())
-    assert rec["method"] == {**{k: rec["method"][k] for k in ("r", "alpha", "dropout")},
+    assert rec["method"] == {**{k: rec["method"][k] for k in ("r", "alpha", "dropout", "target_modules")},
                              **json.loads((choose / "choice.json").read_text())["method"]}  # fmt: skip
     user = yaml.safe_load((tmp_path / "run.yaml").read_text())
     assert rec["data"] == user["data"] and rec["train"] == user["train"]  # the user's own run

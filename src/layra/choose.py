@@ -53,7 +53,7 @@ class ChooseConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     tokens: int = 16_384  # training tokens per run, before fitting the time budget
     eval_bytes: int = 12_000  # held-out bytes per text, before fitting
-    minutes: float = 30.0  # training + evaluation must fit this on this machine
+    minutes: float = 30.0  # the whole search (lens, timing, training, evaluation) on this machine
     fixed_budget: bool = False
     lr_scales: list[float] = field(default_factory=lambda: [0.3, 0.1])  # lowlr candidates
     frozen: bool = True  # a candidate with frozen embeddings and head

@@ -104,8 +104,12 @@ def calibrate(cfg: ChooseConfig, base: RunConfig, cands: dict[str, dict], precis
 
 
 def plan(cfg: ChooseConfig, base: RunConfig, cands: dict[str, dict], precision: str, texts,
-         out: Path, say) -> Budget:  # fmt: skip
-    """The saved budget if this OUT already trained with it, else one fitted to ``minutes``."""
+         out: Path, say, t_start: float | None = None) -> Budget:  # fmt: skip
+    """The saved budget if this OUT already trained with it, else one fitted to ``minutes``.
+
+    ``minutes`` is the whole search: the time since ``t_start`` (the lens, loading) and the
+    calibration count against it, as well as training and evaluation.
+    """
     from dataclasses import asdict
 
     from layra.atomic import atomic_write_text
@@ -125,7 +129,7 @@ def plan(cfg: ChooseConfig, base: RunConfig, cands: dict[str, dict], precision: 
         b = Budget(cfg.tokens, cfg.eval_bytes, cfg.tokens, cfg.eval_bytes, 0.0, cfg.minutes * 60,
                    None, "fixed by fixed_budget")  # fmt: skip
     else:
-        t = time.perf_counter()
+        t = time.perf_counter() if t_start is None else t_start
         costs = calibrate(cfg, base, cands, precision, texts, out, say)
         per_step = base.data.seq_len * base.train.batch_size * base.train.grad_accum
         b = fit_budget(cfg.tokens, cfg.eval_bytes,
@@ -204,6 +208,7 @@ def run_choose(cfg: ChooseConfig, progress: bool = True, say=_say) -> dict[str, 
     from layra.precision import announce, resolve_precision
     from layra.sweep import run_sweep
 
+    t_start = time.perf_counter()
     validate_choose(cfg)
     base = user_run(cfg)
     out = Path(cfg.out)
@@ -222,7 +227,7 @@ def run_choose(cfg: ChooseConfig, progress: bool = True, say=_say) -> dict[str, 
         cands = candidates(cfg, depth, (lk, lm))
         texts = [(label(t), t.path) for t in [*cfg.new, *cfg.old]]
         t0 = time.perf_counter()
-        budget = plan(cfg, base, cands, prec.name, texts, out, say)
+        budget = plan(cfg, base, cands, prec.name, texts, out, say, t_start)
         calibrate_s = time.perf_counter() - t0
         say(budget_line(budget))
         fresh = not any((out / "runs").glob("*/*/run.json"))
