@@ -139,3 +139,25 @@ def test_choose_goes_on_without_lens_evidence(tmp_path, model_dirs, corpus_dir):
     report = (tmp_path / "choose" / "report" / "report.md").read_text()
     assert "the lens gave no evidence" in report
     assert json.loads((tmp_path / "choose" / "lens.json").read_text())["k"] == 1
+
+
+def test_the_shipped_preset_loads_where_the_demo_built_its_corpus(tmp_path, monkeypatch):
+    """configs/choose/gemma3-270m-gl.yaml: every text under layra-demo/corpus, two sources,
+    the run config of the demo's model trained on the demo's Galician text."""
+    from pathlib import Path
+
+    preset = Path(__file__).resolve().parents[1] / "configs" / "choose" / "gemma3-270m-gl.yaml"
+    monkeypatch.chdir(tmp_path)
+    for source, lang, key in [("libreoffice", "glg", "gl"), ("libreoffice", "eng", "en"),
+                              ("libreoffice", "spa", "es"), ("libreoffice", "por", "pt"),
+                              ("wesnoth", "eng", "en"), ("wesnoth", "spa", "es"),
+                              ("wesnoth", "por", "pt")]:  # fmt: skip
+        d = tmp_path / "layra-demo" / "corpus" / source / lang
+        d.mkdir(parents=True)
+        tiny.write_corpus(d / "heldout.txt", key, 3)
+    from layra.choose import user_run
+
+    cfg = load_choose(preset)
+    assert {t.source for t in cfg.old} == {"wesnoth", "libreoffice"} and len(cfg.seeds) == 2
+    run = user_run(cfg)
+    assert run.data.sources[0].path == "layra-demo/corpus/libreoffice/glg/train.txt"

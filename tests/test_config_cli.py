@@ -12,9 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(
     p
     for p in (ROOT / "configs").rglob("*.yaml")
-    # Sweep and accelerate configs are not run configs: test_sweep.py and
-    # test_distributed.py load those.
-    if p.name != "base.yaml" and p.relative_to(ROOT).parts[1] not in ("sweeps", "accelerate")
+    # Sweep, choose and accelerate configs are not run configs: test_sweep.py,
+    # test_choose.py and test_distributed.py load those.
+    if p.name != "base.yaml"
+    and p.relative_to(ROOT).parts[1] not in ("sweeps", "choose", "accelerate")
 )
 BASE = ["model.name_or_path=m", "data.sources=[{path: x.txt, lang: glg}]"]
 

@@ -71,7 +71,9 @@ def lens_suggestion(cfg: ChooseConfig, base: RunConfig, precision: str, out: Pat
 
 def _cost_class(method: dict) -> str:
     """Runs that cost the same per step: lora, layra with trained or with frozen embeddings."""
-    if method["name"] == "lora":
+    from layra.method_registry import method_spec
+
+    if not method_spec(method["name"]).selects_layers:  # LoRA on every block
         return "lora"
     return "layra-frozen" if method.get("embeddings") == "frozen" else "layra"
 
